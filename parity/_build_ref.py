@@ -1,0 +1,96 @@
+"""cffi builder (out-of-line API mode) for the C reference in ``darknet_ref/``.
+
+Two ways in: ``setup.py`` names ``ffibuilder`` in ``cffi_modules`` so an
+installed package carries a compiled ``parity._darknet_ref``; a source
+checkout compiles on first use into a cache keyed by the sources' hash
+(``parity.native.load_reference``), so edits to the C never run stale code.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import cffi
+
+REF_DIR = Path(__file__).resolve().parent.parent / "darknet_ref"
+SOURCES = ("ref_activate.c", "ref_box.c", "ref_cost.c", "ref_deltas.c", "ref_forward.c", "ref_truths.c")
+HEADERS = ("yolo_ref.h", "ref_box.h", "ref_layer.h")
+# Strict IEEE float32: darknet's -O2 build is the semantics we reproduce.
+CFLAGS = ["-std=c99", "-O2", "-fno-fast-math", "-ffp-contract=off", "-fno-strict-aliasing"]
+
+CDEF = """
+typedef struct yref_config {
+    int flavor;
+    int batch, w, h;
+    int n, total, classes;
+    int max_boxes;
+    int truth_rows, truth_cols;
+    int net_w, net_h;
+    const int *mask;
+    const float *biases;
+    const float *classes_multipliers;
+    float ignore_thresh, truth_thresh, iou_thresh;
+    int iou_thresh_kind;
+    int iou_loss;
+    float iou_normalizer, obj_normalizer, cls_normalizer;
+    float scale_x_y;
+    int new_coords, objectness_smooth, focal_loss, show_details;
+    float label_smooth_eps, max_delta;
+} yref_config;
+
+typedef struct yref_stats {
+    float cost;
+    int count;
+    int assigned;
+    int rewritten_bbox, total_bbox;
+    float tot_iou, tot_iou_loss, tot_giou_loss;
+    float avg_iou;
+    float class_loss, iou_loss, total_loss;
+    long long branches[%(branch_count)d];
+} yref_stats;
+
+int yref_forward(const yref_config *cfg, const float *input, const float *truth,
+                 float *output, float *delta, int *roles, yref_stats *stats);
+const char *yref_branch_name(int branch);
+"""
+
+
+def branch_count(ref_dir: Path = REF_DIR) -> int:
+    """Number of branch counters, read from the header (one source of truth)."""
+    text = (ref_dir / "yolo_ref.h").read_text()
+    body = text.split("enum yref_branch {", 1)[1].split("YREF_BR_COUNT", 1)[0]
+    return sum(1 for line in body.splitlines() if line.strip().startswith("YREF_BR_"))
+
+
+def source_hash(ref_dir: Path = REF_DIR) -> str:
+    """Hash of every C file, the flags and cffi's version: the cache key."""
+    h = hashlib.sha256()
+    for name in SOURCES + HEADERS:
+        h.update(name.encode())
+        h.update((ref_dir / name).read_bytes())
+    h.update(" ".join(CFLAGS).encode())
+    h.update(cffi.__version__.encode())
+    return h.hexdigest()[:16]
+
+
+def make_builder(module_name: str, ref_dir: Path = REF_DIR) -> cffi.FFI:
+    """An FFI ready to compile the reference as ``module_name``."""
+    ffi = cffi.FFI()
+    ffi.cdef(CDEF % {"branch_count": branch_count(ref_dir)})
+    ffi.set_source(
+        module_name,
+        '#include "yolo_ref.h"\n',
+        sources=[os.fspath(ref_dir / s) for s in SOURCES],
+        include_dirs=[os.fspath(ref_dir)],
+        extra_compile_args=CFLAGS,
+        libraries=["m"],
+    )
+    return ffi
+
+
+ffibuilder = make_builder("parity._darknet_ref") if REF_DIR.is_dir() else None
+
+if __name__ == "__main__":  # pragma: no cover - manual build
+    assert ffibuilder is not None, f"C sources not found in {REF_DIR}"
+    ffibuilder.compile(verbose=True)

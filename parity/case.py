@@ -1,0 +1,112 @@
+"""Recorded [yolo] cases, format v1 (``shared/recorded/FORMAT.md``).
+
+One case per ``.npz``: the cfg text, the layer input and truth, and what a
+reference produced for them (output, delta, stats), plus provenance (meta).
+``load_case`` parses the cfg with the flavor named in ``meta`` so defaults
+(``max`` 200 vs 90, normalizers) are the recording implementation's own.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import YoloConfig, yolo_config_from_cfg
+from .errors import CaseFormatError, ParityError
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("cfg", "input", "truth")
+
+
+@dataclass
+class Case:
+    """One recorded case; ``output``/``delta`` are None when not yet filled."""
+
+    cfg: str
+    config: YoloConfig
+    flavor: str
+    input: np.ndarray
+    truth: np.ndarray
+    output: np.ndarray | None = None
+    delta: np.ndarray | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).stem if self.path else str(self.meta.get("generator", "case"))
+
+
+def _json_field(data: Any, key: str, path: str) -> dict[str, Any]:
+    if key not in data.files:
+        return {}
+    try:
+        value = json.loads(str(data[key][()]))
+    except (ValueError, TypeError) as exc:
+        raise CaseFormatError(f"{path}: key '{key}' is not JSON text: {exc}") from exc
+    if not isinstance(value, dict):
+        raise CaseFormatError(f"{path}: key '{key}' must hold a JSON object")
+    return value
+
+
+def _float_array(data: Any, key: str, path: str) -> np.ndarray:
+    arr = data[key]
+    if arr.dtype != np.float32:
+        raise CaseFormatError(f"{path}: '{key}' has dtype {arr.dtype}, format v1 stores float32")
+    return np.array(arr)
+
+
+def load_case(path: str | os.PathLike[str]) -> Case:
+    """Read one format-v1 case; CaseFormatError names the file and the problem."""
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in REQUIRED_KEYS if k not in data.files]
+            if missing:
+                raise CaseFormatError(f"{path}: missing key(s) {', '.join(missing)} (format v1 needs "
+                                      f"{', '.join(REQUIRED_KEYS)})")
+            cfg = str(data["cfg"][()])
+            meta = _json_field(data, "meta", path)
+            stats = _json_field(data, "stats", path)
+            inp = _float_array(data, "input", path)
+            truth = _float_array(data, "truth", path)
+            output = _float_array(data, "output", path) if "output" in data.files else None
+            delta = _float_array(data, "delta", path) if "delta" in data.files else None
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as exc:
+        if isinstance(exc, ParityError):
+            raise
+        raise CaseFormatError(f"{path}: not a readable .npz case: {exc}") from exc
+    flavor = str(meta.get("flavor", "alexeyab"))
+    if flavor not in ("alexeyab", "pjreddie"):
+        raise CaseFormatError(f"{path}: meta.flavor {flavor!r} is not 'alexeyab' or 'pjreddie'")
+    config = yolo_config_from_cfg(cfg, path=f"{path}:cfg", flavor=flavor)
+    for key, arr in (("output", output), ("delta", delta)):
+        if arr is not None and arr.shape != inp.shape:
+            raise CaseFormatError(f"{path}: '{key}' shape {arr.shape} differs from input shape {inp.shape}")
+    return Case(cfg, config, flavor, inp, truth, output, delta, stats, meta, path)
+
+
+def save_case(path: str | os.PathLike[str], case: Case) -> None:
+    """Write ``case`` in format v1 (compressed, no pickles)."""
+    meta = dict(case.meta)
+    meta.setdefault("flavor", case.flavor)
+    meta.setdefault("format", FORMAT_VERSION)
+    arrays: dict[str, Any] = {
+        "cfg": np.array(case.cfg),
+        "input": np.asarray(case.input, dtype=np.float32),
+        "truth": np.asarray(case.truth, dtype=np.float32),
+        "stats": np.array(json.dumps(case.stats, allow_nan=True)),
+        "meta": np.array(json.dumps(meta)),
+    }
+    if case.output is not None:
+        arrays["output"] = np.asarray(case.output, dtype=np.float32)
+    if case.delta is not None:
+        arrays["delta"] = np.asarray(case.delta, dtype=np.float32)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)

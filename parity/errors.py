@@ -1,0 +1,47 @@
+"""Errors the user can act on, and the CLI's exit codes.
+
+A ``ParityError`` is bad input (a cfg, a tensor, a library, a candidate): the
+CLI prints its message without a traceback and exits with ``EXIT_USAGE``.
+Anything else escaping is a bug in this project.
+"""
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_MISMATCH = 1
+EXIT_USAGE = 2
+
+
+class ParityError(Exception):
+    """Bad input from the user; the message names the problem."""
+
+
+class ConfigError(ParityError, ValueError):
+    """A darknet cfg that darknet would misread or that we cannot model.
+
+    The message names the file, the line and the option where known.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
+                 option: str | None = None) -> None:
+        self.path, self.line, self.option = path, line, option
+        where = []
+        if path is not None:
+            where.append(str(path))
+        if line is not None:
+            where.append(f"line {line}")
+        prefix = ":".join(where)
+        if option is not None:
+            prefix = f"{prefix}: option '{option}'" if prefix else f"option '{option}'"
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+class InputError(ParityError, ValueError):
+    """A tensor of the wrong shape, dtype or content for the [yolo] layer."""
+
+
+class BuildError(ParityError, RuntimeError):
+    """The C reference or the libdarknet shim could not be compiled or loaded."""
+
+
+class CaseFormatError(ParityError, ValueError):
+    """A recorded case file that does not follow format v1."""

@@ -1,0 +1,91 @@
+"""Compiling and loading cffi extensions on first use, into a cache.
+
+Both native parts (the C reference and the libdarknet shim) go through
+``load_cached``: the module is compiled once per content hash into
+``$DARKNET_PARITY_CACHE`` (default ``~/.cache/darknet-parity``) and loaded
+from there, so concurrent workers and edited sources are both safe.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shlex
+import shutil
+import sysconfig
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+import cffi
+
+from .errors import BuildError
+
+
+def cache_dir() -> Path:
+    """Where compiled extensions live (created on demand)."""
+    root = os.environ.get("DARKNET_PARITY_CACHE")
+    if root:
+        return Path(root)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "darknet-parity"
+
+
+def c_compiler() -> str:
+    """The compiler Python's build tools will call; BuildError if it is absent."""
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    exe = shlex.split(cc)[0]
+    if shutil.which(exe) is None:
+        raise BuildError(
+            f"no C compiler: '{exe}' (from {'$CC' if os.environ.get('CC') else 'Python build config'}) "
+            "is not on PATH. Install one (Debian/Ubuntu: apt-get install gcc) or set CC."
+        )
+    return exe
+
+
+def _import_from(path: Path, module_name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise BuildError(f"cannot load compiled module {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_cached(module_name: str, key: str, make_ffi: Callable[[str], cffi.FFI]) -> ModuleType:
+    """Compile ``make_ffi(module_name)`` once per ``key`` and import it.
+
+    The build happens in a private temporary folder; the finished shared
+    object is moved into place atomically, so a parallel build is harmless.
+    """
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    target = cache_dir() / f"{module_name}-{key}{suffix}"
+    if not target.exists():
+        c_compiler()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
+            ffi = make_ffi(module_name)
+            try:
+                built = Path(ffi.compile(tmpdir=tmp, verbose=False))
+            except Exception as exc:  # distutils/setuptools raise several types
+                raise BuildError(f"compiling {module_name} failed: {exc}") from exc
+            os.replace(built, target)
+    return _import_from(target, module_name)
+
+
+@lru_cache(maxsize=None)
+def load_reference() -> ModuleType:
+    """The compiled C reference (``ffi``, ``lib``): from source, else installed."""
+    from . import _build_ref
+
+    if _build_ref.REF_DIR.is_dir():
+        return load_cached("_darknet_ref", _build_ref.source_hash(), _build_ref.make_builder)
+    try:
+        from . import _darknet_ref  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise BuildError(
+            "the C reference is not built and its sources (darknet_ref/) are not beside the "
+            "package: reinstall darknet-parity from its source tree"
+        ) from exc
+    return _darknet_ref
