@@ -1,9 +1,9 @@
 """cffi builder (out-of-line API mode) for the C reference in ``darknet_ref/``.
 
-Two ways in: ``setup.py`` names ``ffibuilder`` in ``cffi_modules`` so an
-installed package carries a compiled ``parity._darknet_ref``; a source
-checkout compiles on first use into a cache keyed by the sources' hash
-(``parity.native.load_reference``), so edits to the C never run stale code.
+The C sources ship as package data (``parity._csrc`` maps to ``darknet_ref/``)
+and are compiled on first use into a cache keyed by their hash
+(``parity.native.load_reference``), so an edit to the C never runs stale code
+and no install step needs a compiler.
 """
 from __future__ import annotations
 
@@ -13,7 +13,19 @@ from pathlib import Path
 
 import cffi
 
-REF_DIR = Path(__file__).resolve().parent.parent / "darknet_ref"
+
+
+def _find_ref_dir() -> Path:
+    """``darknet_ref/`` of a source checkout, else the installed package data."""
+    checkout = Path(__file__).resolve().parent.parent / "darknet_ref"
+    if (checkout / "yolo_ref.h").is_file():
+        return checkout
+    import parity._csrc as csrc  # installed wheel: the same files as package data
+
+    return Path(csrc.__file__).resolve().parent
+
+
+REF_DIR = _find_ref_dir()
 SOURCES = ("ref_activate.c", "ref_box.c", "ref_cost.c", "ref_deltas.c", "ref_forward.c", "ref_truths.c")
 HEADERS = ("yolo_ref.h", "ref_box.h", "ref_layer.h")
 # Strict IEEE float32: darknet's -O2 build is the semantics we reproduce.
@@ -88,9 +100,3 @@ def make_builder(module_name: str, ref_dir: Path = REF_DIR) -> cffi.FFI:
     )
     return ffi
 
-
-ffibuilder = make_builder("parity._darknet_ref") if REF_DIR.is_dir() else None
-
-if __name__ == "__main__":  # pragma: no cover - manual build
-    assert ffibuilder is not None, f"C sources not found in {REF_DIR}"
-    ffibuilder.compile(verbose=True)

@@ -76,16 +76,12 @@ def load_cached(module_name: str, key: str, make_ffi: Callable[[str], cffi.FFI])
 
 @lru_cache(maxsize=None)
 def load_reference() -> ModuleType:
-    """The compiled C reference (``ffi``, ``lib``): from source, else installed."""
+    """The compiled C reference module (``.ffi``, ``.lib``), built on first use."""
     from . import _build_ref
 
-    if _build_ref.REF_DIR.is_dir():
-        return load_cached("_darknet_ref", _build_ref.source_hash(), _build_ref.make_builder)
-    try:
-        from . import _darknet_ref  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise BuildError(
-            "the C reference is not built and its sources (darknet_ref/) are not beside the "
-            "package: reinstall darknet-parity from its source tree"
-        ) from exc
-    return _darknet_ref
+    return load_cached("_darknet_ref", _build_ref.source_hash(), _build_ref.make_builder)
+
+
+if __name__ == "__main__":
+    # `python -m parity.native`: compile the reference now (make build).
+    print(f"C reference ready: {load_reference().__file__}")

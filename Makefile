@@ -1,0 +1,35 @@
+# darknet-parity: the two set-up commands are `make parity` and `make test`.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+DEBIAN_LIB := /usr/lib/darknet/libdarknet.so
+STAMP := .make/installed
+
+.PHONY: install build darknet-lib test parity clean
+
+# Install the package (editable) with its test extras; torch is pinned in pyproject.
+$(STAMP): pyproject.toml
+	$(PIP) install -q -e '.[test]'
+	@mkdir -p .make && touch $(STAMP)
+
+install: $(STAMP)
+
+# Compile the C reference now (otherwise it compiles on first use).
+build: install
+	$(PYTHON) -m parity.native
+
+# Debian's real darknet (pjreddie 2018) as a second reference; best effort.
+darknet-lib:
+	@if [ -f $(DEBIAN_LIB) ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends darknet) >/dev/null \
+	  || echo "note: could not install Debian's darknet package; libdarknet checks will be skipped"; \
+	else echo "note: $(DEBIAN_LIB) missing (apt-get install darknet); libdarknet checks will be skipped"; fi
+
+test: build darknet-lib
+	$(PYTHON) -m pytest -q
+
+parity: build darknet-lib
+	$(PYTHON) -m parity.cli verify-reference
+
+clean:
+	rm -rf .make build *.egg-info .pytest_cache

@@ -1,0 +1,81 @@
+"""Check the C reference against real darknet.
+
+Two sources of truth: the recorded dev set (cases recorded from real darknet
+builds: $DARKNET_PARITY_RECORDED, else ../shared/recorded) plus fixtures/,
+replayed through the C reference; and a real libdarknet (Debian's package by
+default) run side by side with the C reference on random cases. Exit 0 only
+if everything compared agrees.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from ..agreement import Agreement, compare_runs
+from ..errors import EXIT_MISMATCH, EXIT_OK
+from ..replay import FIXTURES_DIR, replay_paths, shared_recorded_dir
+from ..summary import agreement_table, totals_line
+from . import Command
+
+DEBIAN_LIB = "/usr/lib/darknet/libdarknet.so"
+
+
+def libdarknet_agreements(cases: int, seed: int, flavor: str, lib: str | None,
+                          include: str | None) -> list[Agreement]:
+    """C reference vs a real libdarknet on ``cases`` random cases."""
+    from ..generate import random_case, random_config
+    from ..reference import run_reference
+
+    results = []
+    for k in range(cases):
+        rng = np.random.default_rng([seed, k])
+        config = random_config(rng, flavor)
+        case = random_case(seed * 100003 + k, config, flavor=flavor)
+        ours = run_reference(config, case.input, case.truth, flavor=flavor)
+        real = run_reference(config, case.input, case.truth, flavor=flavor, backend="libdarknet",
+                             darknet_lib=lib, darknet_include=include)
+        results.append(compare_runs(f"random seed={seed} #{k}", real.output, real.delta, real.stats,
+                                    ours.output, ours.delta, ours.stats))
+    return results
+
+
+class VerifyReference(Command):
+    __doc__ = __doc__
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--recorded", metavar="DIR", help="recorded dev set (default: ../shared/recorded)")
+        parser.add_argument("--libdarknet-cases", type=int, default=200, metavar="N",
+                            help="random cases to run against the library (default 200; 0 skips)")
+        parser.add_argument("--seed", type=int, default=0, help="seed of the random cases")
+        parser.add_argument("--flavor", choices=("pjreddie", "alexeyab"), default="pjreddie",
+                            help="flavor of the library (Debian's package is pjreddie)")
+        parser.add_argument("--darknet-lib", metavar="PATH", help=f"libdarknet.so (default {DEBIAN_LIB})")
+        parser.add_argument("--darknet-include", metavar="DIR", help="folder with its darknet.h")
+
+    def run(self, args: argparse.Namespace) -> int:
+        ok = True
+        recorded = Path(args.recorded) if args.recorded else shared_recorded_dir()
+        sources = [p for p in (recorded, FIXTURES_DIR) if p is not None and p.is_dir() and any(p.rglob("*.npz"))]
+        if sources:
+            results = list(replay_paths(sources))
+            print(agreement_table(results, f"C reference vs recorded real darknet ({', '.join(map(str, sources))})"))
+            ok &= all(r or r.skipped for r in results)
+        else:
+            print("recorded dev set: skipped (no ../shared/recorded; set DARKNET_PARITY_RECORDED)")
+        lib = args.darknet_lib or DEBIAN_LIB
+        if args.libdarknet_cases <= 0:
+            print("libdarknet: skipped (--libdarknet-cases 0)")
+        elif not Path(lib).exists():
+            print(f"libdarknet: skipped ({lib} not found; Debian: apt-get install darknet)")
+        else:
+            results = libdarknet_agreements(args.libdarknet_cases, args.seed, args.flavor,
+                                            args.darknet_lib, args.darknet_include)
+            failed = [r for r in results if not r]
+            print(f"\nC reference ({args.flavor}) vs {lib} on {len(results)} random cases:")
+            if failed:
+                print(agreement_table(failed[:20], "first mismatches"))
+            print(totals_line(results))
+            ok &= not failed
+        return EXIT_OK if ok else EXIT_MISMATCH

@@ -1,0 +1,71 @@
+"""Replaying recorded cases through a reference and checking agreement.
+
+A recording from darknet's default ``-Ofast`` build is not the source's
+semantics on NaN/Inf input (``isnan``/``isinf`` are compiled away), so such
+cases are reported as skipped with that reason; their ``-O2`` twins are the
+ones to reproduce.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .agreement import Agreement, compare_runs
+from .case import Case, load_case
+from .errors import ParityError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURES_DIR = REPO_ROOT / "fixtures"
+
+
+def shared_recorded_dir() -> Path | None:
+    """The real-darknet dev set: ``$DARKNET_PARITY_RECORDED`` or ``../shared/recorded``."""
+    env = os.environ.get("DARKNET_PARITY_RECORDED")
+    candidates = [Path(env)] if env else []
+    candidates += [REPO_ROOT.parent / "shared" / "recorded", REPO_ROOT / "shared" / "recorded"]
+    for path in candidates:
+        if path.is_dir():
+            return path
+    return None
+
+
+def case_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Expand folders to the ``.npz`` files under them, sorted; keep files as given."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(p.rglob("*.npz")))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise ParityError(f"{p}: no such case file or folder")
+    return out
+
+
+def ofast_nonfinite(case: Case) -> bool:
+    """Recorded by an -Ofast build on NaN/Inf input: not darknet's source semantics."""
+    return "-Ofast" in str(case.meta.get("build", "")) and not np.isfinite(case.input).all()
+
+
+def replay_case(case: Case, *, reference: str = "c", darknet_lib: str | None = None,
+                darknet_include: str | None = None) -> Agreement:
+    """Run the reference on a recorded case and compare with what was recorded."""
+    from .reference import run_reference
+
+    name = case.path or case.name
+    if case.output is None or case.delta is None:
+        return Agreement(name, skipped="the case holds no recorded output/delta")
+    if ofast_nonfinite(case):
+        return Agreement(name, skipped="-Ofast recording of NaN/Inf input (darknet's isnan checks compiled "
+                                       "away); its -O2 twin is the reference")
+    res = run_reference(case.config, case.input, case.truth, flavor=case.flavor, backend=reference,
+                        darknet_lib=darknet_lib, darknet_include=darknet_include)
+    return compare_runs(name, case.output, case.delta, case.stats, res.output, res.delta, res.stats)
+
+
+def replay_paths(paths: Iterable[str | os.PathLike[str]], **kwargs: object) -> Iterator[Agreement]:
+    for path in case_paths(paths):
+        yield replay_case(load_case(path), **kwargs)  # type: ignore[arg-type]
