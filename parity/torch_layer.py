@@ -1,0 +1,589 @@
+"""darknet's [yolo] training forward pass, vectorized in PyTorch.
+
+Same meaning as the C reference (``darknet_ref/``), step for step:
+
+1. activation (logistic where darknet applies it, ``scale_x_y``);
+2. per cell and anchor: best IoU over the image's truths -> objectness delta
+   (negative, ignored with the 0.25 class-match test, truth_thresh positive);
+3. per truth: best anchor over all anchors (if in the mask) plus iou_thresh
+   extras -> box, objectness and class deltas;
+4. averaging of box deltas over classes (iou_thresh < 1), cost and stats.
+
+Order-dependent effects of darknet's sequential loops are reproduced exactly:
+assignments that hit the same (image, anchor, cell) slot are applied in truth
+order by a loop over their *rank within the slot* (1 for most slots, at most
+the number of truths sharing one cell), each step vectorized over all slots.
+Precision follows darknet: float32, with the double steps (``exp`` in box
+decoding, ``log``/``sqrt`` of MSE targets, the logistic's exp) done in
+float64 and rounded once. Host syncs: building the assignment list and the
+rank loop need sizes on the host (a handful of ``.item()``/``nonzero`` calls).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import FLT_MAX, YoloConfig
+from .layer_input import check_config, check_flavor
+from .errors import InputError
+from .torch_box import Boxes, box_giou, box_iou, box_iou_kind, iou_loss_grad
+from . import reference as _roles
+
+# Elements of one IoU chunk in the ignore search (cells x truths per image):
+# bounds the search's extra memory to a few hundred MB whatever the batch.
+IGNORE_CHUNK_ELEMENTS = 1 << 22
+
+
+def _f32(v: float) -> float:
+    """A Python float holding the float32 value darknet stores for ``v``."""
+    return float(np.float32(v))
+
+
+def _exp_f32(v: Tensor) -> Tensor:
+    """expf, correctly rounded (float64 exp, one rounding): matches glibc's expf."""
+    return torch.exp(v.double()).to(v.dtype)
+
+
+def logistic(v: Tensor, flavor: str) -> Tensor:
+    """darknet's logistic: AlexeyAB 1.f/(1.f+expf(-x)) in float; pjreddie in double."""
+    if flavor == "pjreddie":
+        return (1.0 / (1.0 + torch.exp(-v.double()))).to(v.dtype)
+    return 1.0 / (1.0 + _exp_f32(-v))
+
+
+@dataclass
+class _Layer:
+    """Shapes, float32 options and views shared by the steps of one call."""
+
+    config: YoloConfig
+    flavor: str
+    B: int
+    n: int
+    C: int
+    H: int
+    W: int
+    output: Tensor   # [B, n, E, H, W] view of the output
+    delta: Tensor    # [B, n, E, H, W] view of the delta
+    roles: Tensor    # [B, n, H, W] int32
+    anchors: Tensor  # [total, 2] float32 pixels
+    mask: Tensor     # [n] long
+    mult: Tensor | None  # [C] float32 class multipliers
+
+    @property
+    def alexeyab(self) -> bool:
+        return self.flavor == "alexeyab"
+
+    @property
+    def new_coords(self) -> bool:
+        return self.alexeyab and bool(self.config.new_coords)
+
+
+def _activate(L: _Layer) -> None:
+    o, cfg = L.output, L.config
+    if not L.new_coords:
+        o[:, :, 0:2] = logistic(o[:, :, 0:2], L.flavor)
+        o[:, :, 4:] = logistic(o[:, :, 4:], L.flavor)
+    if L.alexeyab:
+        scale = _f32(cfg.scale_x_y)
+        shift = _f32(-0.5 * (scale - 1))  # a double expression passed as float
+        o[:, :, 0:2] = o[:, :, 0:2] * scale + shift
+
+
+def _pred_boxes(L: _Layer, a: Tensor, anchor: Tensor, j: Tensor, i: Tensor, b: Tensor) -> Boxes:
+    """get_yolo_box at slots (b, a, j, i) with anchor index ``anchor`` (1-D index tensors)."""
+    o = L.output
+    tx, ty, tw, th = (o[b, a, e, j, i] for e in range(4))
+    aw, ah = L.anchors[anchor, 0], L.anchors[anchor, 1]
+    cfg = L.config
+    x = (i.to(tx.dtype) + tx) / L.W
+    y = (j.to(ty.dtype) + ty) / L.H
+    if L.new_coords:
+        w = tw * tw * 4 * aw / cfg.net_w
+        h = th * th * 4 * ah / cfg.net_h
+    else:
+        w = (torch.exp(tw.double()) * aw.double() / cfg.net_w).to(tx.dtype)
+        h = (torch.exp(th.double()) * ah.double() / cfg.net_h).to(tx.dtype)
+    return Boxes(x, y, w, h)
+
+
+def _grid_pred_boxes(L: _Layer) -> Boxes:
+    """Predicted boxes of every slot, each [B, n, H, W]."""
+    o, cfg = L.output, L.config
+    dev, dt = o.device, o.dtype
+    i = torch.arange(L.W, device=dev, dtype=dt).view(1, 1, 1, L.W)
+    j = torch.arange(L.H, device=dev, dtype=dt).view(1, 1, L.H, 1)
+    aw = L.anchors[L.mask, 0].view(1, L.n, 1, 1)
+    ah = L.anchors[L.mask, 1].view(1, L.n, 1, 1)
+    tx, ty, tw, th = o[:, :, 0], o[:, :, 1], o[:, :, 2], o[:, :, 3]
+    x = (i + tx) / L.W
+    y = (j + ty) / L.H
+    if L.new_coords:
+        w = tw * tw * 4 * aw / cfg.net_w
+        h = th * th * 4 * ah / cfg.net_h
+    else:
+        w = (torch.exp(tw.double()) * aw.double() / cfg.net_w).to(dt)
+        h = (torch.exp(th.double()) * ah.double() / cfg.net_h).to(dt)
+    return Boxes(x, y, w, h)
+
+
+@dataclass
+class _Truths:
+    """Active truth rows padded to [B, T]; ``valid`` marks rows darknet uses."""
+
+    box: Boxes        # each [B, T]
+    cls: Tensor       # [B, T] long (0 where invalid)
+    valid: Tensor     # [B, T] bool
+    active: Tensor    # [B, T] bool (read before the terminator, class possibly out of range)
+    class_ok: Tensor  # [B, T] bool (class id within [0, classes))
+
+
+def _read_truths(L: _Layer, truth: Tensor) -> _Truths:
+    rows = min(L.config.max_boxes, truth.shape[1])
+    t = truth[:, :rows]
+    x = t[..., 0]
+    active = torch.cumsum((x == 0).to(torch.int32), dim=1) == 0
+    count = int(active.sum(dim=1).max().item()) if rows else 0
+    t, active = t[:, :count], active[:, :count]
+    cls_f = t[..., 4]
+    in_int = torch.isfinite(cls_f) & (cls_f > -2147483649.0) & (cls_f < 2147483648.0)
+    cls = torch.where(in_int, cls_f, torch.zeros_like(cls_f)).trunc().to(torch.long)
+    class_ok = in_int & (cls >= 0) & (cls < L.C)
+    valid = active & class_ok if L.alexeyab else active
+    cls = torch.where(valid, cls, torch.zeros_like(cls))
+    return _Truths(Boxes(t[..., 0], t[..., 1], t[..., 2], t[..., 3]), cls, valid, active, class_ok)
+
+
+def _best_over(iou: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
+    """darknet's `if (iou > best) {best = iou; best_t = t;}` from best = 0: the first maximum."""
+    eff = torch.where(iou > 0, iou, torch.zeros_like(iou))  # NaN and <= 0 never win
+    best, idx = eff.max(dim=dim)
+    return best, idx
+
+
+def _ignore_search(L: _Layer, pred: Boxes, tr: _Truths) -> tuple[Tensor, Tensor]:
+    """Best IoU of each slot's prediction over the image's truths: ([B, n, H, W], index)."""
+    B, T = L.B, tr.valid.shape[1]
+    P = L.n * L.H * L.W
+    best = torch.zeros(B, P, dtype=L.output.dtype, device=L.output.device)
+    best_t = torch.zeros(B, P, dtype=torch.long, device=L.output.device)
+    if T == 0:
+        return best.view(B, L.n, L.H, L.W), best_t.view(B, L.n, L.H, L.W)
+    flat = Boxes(*(c.reshape(B, P, 1) for c in pred))
+    truth = Boxes(*(c.view(B, 1, T) for c in tr.box))
+    valid = tr.valid.view(B, 1, T)
+    step = max(1, IGNORE_CHUNK_ELEMENTS // max(1, B * T))
+    for start in range(0, P, step):
+        part = Boxes(*(c[:, start:start + step] for c in flat))
+        iou = box_iou(part, truth, pjreddie=not L.alexeyab)                # [B, chunk, T]
+        iou = torch.where(valid, iou, torch.zeros_like(iou))
+        best[:, start:start + step], best_t[:, start:start + step] = _best_over(iou)
+    return best.view(B, L.n, L.H, L.W), best_t.view(B, L.n, L.H, L.W)
+
+
+def _class_target(onehot: Tensor, eps: float) -> Tensor:
+    """y*(1 - eps) + 0.5*eps: float product, double sum, one rounding."""
+    if not eps:
+        return onehot
+    e = _f32(eps)
+    return ((onehot * _f32(1 - e)).double() + 0.5 * e).to(onehot.dtype)
+
+
+def _class_full(L: _Layer, p: Tensor, old: Tensor, cls: Tensor) -> Tensor:
+    """delta_yolo_class without the shortcut: rows [N, C] for classes ``cls`` [N]."""
+    cfg = L.config
+    onehot = torch.nn.functional.one_hot(cls, L.C).to(p.dtype)
+    if not L.alexeyab:
+        return onehot - p
+    if cfg.focal_loss:
+        pt = p.gather(1, cls[:, None]) + np.float32(1e-15)
+        grad = -(1 - pt) * (2 * pt * torch.log(pt.double()).to(pt.dtype) + pt - 1)
+        return (onehot - p) * (np.float32(0.5) * grad)
+    r = _class_target(onehot, cfg.label_smooth_eps) - p
+    new = torch.where(torch.isfinite(r), r, old)
+    if L.mult is not None:
+        factor = (L.mult[cls] * _f32(cfg.cls_normalizer)).to(p.dtype)
+        scaled = new.gather(1, cls[:, None]) * factor[:, None]
+        new = new.scatter(1, cls[:, None], scaled)
+    return new
+
+
+def _class_shortcut(L: _Layer, p_c: Tensor, old_c: Tensor, cls: Tensor) -> Tensor:
+    """The "already set" path: only the truth's class entry is rewritten."""
+    if not L.alexeyab:
+        return 1 - p_c
+    r = _class_target(torch.ones_like(p_c), L.config.label_smooth_eps) - p_c
+    new = torch.where(torch.isfinite(r), r, old_c)
+    if L.mult is not None:
+        new = new * L.mult[cls]
+    return new
+
+
+def _box_increment(L: _Layer, pred: Boxes, truth: Boxes, xbox: Tensor, anchor: Tensor,
+                   j: Tensor, i: Tensor, cm: Tensor) -> Tensor:
+    """What delta_yolo_box adds to the 4 box entries: [N, 4]."""
+    cfg = L.config
+    scale = 2 - truth.w * truth.h
+    if not L.alexeyab or cfg.iou_loss == "mse":
+        aw, ah = L.anchors[anchor, 0], L.anchors[anchor, 1]
+        tx = truth.x * L.W - i.to(xbox.dtype)
+        ty = truth.y * L.H - j.to(xbox.dtype)
+        if L.new_coords:
+            tw = torch.sqrt((truth.w * cfg.net_w / (4 * aw)).double()).to(xbox.dtype)
+            th = torch.sqrt((truth.h * cfg.net_h / (4 * ah)).double()).to(xbox.dtype)
+        else:
+            tw = torch.log((truth.w * cfg.net_w / aw).double()).to(xbox.dtype)
+            th = torch.log((truth.h * cfg.net_h / ah).double()).to(xbox.dtype)
+        target = torch.stack([tx, ty, tw, th], dim=1)
+        inc = scale[:, None] * (target - xbox)
+        if L.alexeyab:
+            inc = inc * (_f32(cfg.iou_normalizer) * cm)[:, None]
+        return inc
+    one = torch.ones_like(pred.w)
+    safe = Boxes(pred.x, pred.y, torch.where(pred.w == 0, one, pred.w), torch.where(pred.h == 0, one, pred.h))
+    g = iou_loss_grad(safe, truth, cfg.iou_loss)
+    dw, dh = g.w, g.h
+    if not L.new_coords:
+        dw = (dw.double() * torch.exp(xbox[:, 2].double())).to(dw.dtype)
+        dh = (dh.double() * torch.exp(xbox[:, 3].double())).to(dh.dtype)
+    inc = torch.stack([g.x, g.y, dw, dh], dim=1) * (_f32(cfg.iou_normalizer) * cm)[:, None]
+    inc = torch.where(torch.isfinite(inc), inc, torch.zeros_like(inc))
+    if _f32(cfg.max_delta) != FLT_MAX:
+        md = _f32(cfg.max_delta)
+        inc = inc.clamp(-md, md)
+    return inc
+
+
+@dataclass
+class _Assignments:
+    """Every (truth -> slot) write of step 3, in darknet's order."""
+
+    b: Tensor
+    t: Tensor
+    a: Tensor
+    anchor: Tensor
+    j: Tensor
+    i: Tensor
+    extra: Tensor  # bool: via iou_thresh
+
+
+def _assignments(L: _Layer, tr: _Truths) -> _Assignments:
+    cfg = L.config
+    dev = L.output.device
+    B, T = tr.valid.shape
+    total = cfg.num
+    bt = tr.valid.nonzero()                                # [N, 2] in (b, t) order
+    b, t = bt[:, 0], bt[:, 1]
+    box = Boxes(*(c[b, t] for c in tr.box))
+    i = (box.x * L.W).trunc().to(torch.long)
+    j = (box.y * L.H).trunc().to(torch.long)
+    shape = Boxes(torch.zeros_like(box.w), torch.zeros_like(box.w), box.w, box.h)
+    anchor_w = L.anchors[:, 0] / cfg.net_w
+    anchor_h = L.anchors[:, 1] / cfg.net_h
+    zeros = torch.zeros_like(anchor_w)
+    anchors = Boxes(zeros, zeros, anchor_w, anchor_h)
+    iou = box_iou(Boxes(*(c[None, :] for c in anchors)), Boxes(*(c[:, None] for c in shape)),
+                  pjreddie=not L.alexeyab)              # [N, total]
+    _, best_n = _best_over(iou)
+    slot_of = torch.full((total,), -1, dtype=torch.long, device=dev)
+    for a in reversed(range(L.n)):                        # first index wins, as int_index
+        slot_of[int(cfg.mask[a])] = a
+    candidates = [(best_n, slot_of[best_n] >= 0, torch.zeros_like(best_n, dtype=torch.bool))]
+    rows = [torch.arange(b.shape[0], device=dev)]
+    order = [torch.zeros_like(best_n)]
+    if L.alexeyab and _f32(cfg.iou_thresh) < 1.0:
+        kind_iou = box_iou_kind(Boxes(*(c[None, :] for c in anchors)), Boxes(*(c[:, None] for c in shape)),
+                                cfg.iou_thresh_kind)    # [N, total]
+        n_idx = torch.arange(total, device=dev)
+        extra = (slot_of[None, :] >= 0) & (n_idx[None, :] != best_n[:, None]) & (kind_iou > _f32(cfg.iou_thresh))
+        r, n = extra.nonzero(as_tuple=True)
+        candidates.append((n, torch.ones_like(n, dtype=torch.bool), torch.ones_like(n, dtype=torch.bool)))
+        rows.append(r)
+        order.append(1 + n)
+    anchor = torch.cat([c[0] for c in candidates])
+    keep = torch.cat([c[1] for c in candidates])
+    is_extra = torch.cat([c[2] for c in candidates])
+    row = torch.cat(rows)
+    sub = torch.cat(order)
+    anchor, is_extra, row, sub = anchor[keep], is_extra[keep], row[keep], sub[keep]
+    # darknet's order: truth by truth; for one truth the best anchor, then extras by anchor index
+    seq = row * (total + 1) + sub
+    perm = torch.argsort(seq, stable=True)
+    row, anchor, is_extra = row[perm], anchor[perm], is_extra[perm]
+    return _Assignments(b[row], t[row], slot_of[anchor], anchor, j[row], i[row], is_extra)
+
+
+def _slot_ranks(L: _Layer, asg: _Assignments) -> Tensor:
+    """Rank of each assignment among those writing the same slot (0 for the first)."""
+    key = ((asg.b * L.n + asg.a) * L.H + asg.j) * L.W + asg.i
+    order = torch.argsort(key, stable=True)               # stable: keeps darknet's order within a slot
+    sorted_key = key[order]
+    pos = torch.arange(key.shape[0], device=key.device)
+    start = torch.ones_like(sorted_key, dtype=torch.bool)
+    start[1:] = sorted_key[1:] != sorted_key[:-1]
+    group_start = torch.cummax(torch.where(start, pos, torch.zeros_like(pos)), dim=0).values
+    rank = torch.empty_like(pos)
+    rank[order] = pos - group_start
+    return rank
+
+
+def _mark(L: _Layer, b: Tensor, a: Tensor, j: Tensor, i: Tensor, flag: int) -> None:
+    L.roles[b, a, j, i] |= flag
+
+
+def _cell_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
+    """Step 2: objectness for every slot, and the truth_thresh positives."""
+    cfg = L.config
+    o, d = L.output, L.delta
+    pred = _grid_pred_boxes(L)
+    best_iou, best_t = _ignore_search(L, pred, tr)
+    if L.alexeyab:
+        has_truth = tr.valid.any(dim=1).view(L.B, 1, 1, 1)
+        obj = o[:, :, 4]
+        bad = ~torch.isfinite(obj) & has_truth
+        o[:, :, 4] = torch.where(bad, torch.zeros_like(obj), obj)
+        L.roles |= bad.to(torch.int32) * _roles.ROLE_OBJ_NONFINITE
+        class_match = (o[:, :, 5:] > 0.25).any(dim=2)
+        best_match = torch.where(class_match, best_iou, torch.zeros_like(best_iou))
+        p = o[:, :, 4]
+        obj_norm = _f32(cfg.obj_normalizer)
+        d_obj = obj_norm * (0 - p)
+        ignored = best_match > _f32(cfg.ignore_thresh)
+        if cfg.objectness_smooth:
+            smoothed = obj_norm * (best_match - p)
+            kept = torch.where(smoothed > d_obj, smoothed, d_obj)
+        else:
+            kept = torch.zeros_like(d_obj)
+        d[:, :, 4] = torch.where(ignored, kept, d_obj)
+        blocked = ~ignored & (best_iou > _f32(cfg.ignore_thresh))
+        L.roles |= blocked.to(torch.int32) * _roles.ROLE_CLASSMATCH_BLOCKED
+    else:
+        p = o[:, :, 4]
+        ignored = best_iou > _f32(cfg.ignore_thresh)
+        d[:, :, 4] = torch.where(ignored, torch.zeros_like(p), 0 - p)
+    L.roles |= ignored.to(torch.int32) * _roles.ROLE_IGNORED
+
+    positive = best_iou > _f32(cfg.truth_thresh)
+    if not bool(positive.any()):
+        return
+    b, a, j, i = positive.nonzero(as_tuple=True)
+    _mark(L, b, a, j, i, _roles.ROLE_TRUTH_THRESH)
+    t = best_t[b, a, j, i]
+    cls = tr.cls[b, t]
+    truth = Boxes(*(c[b, t] for c in tr.box))
+    iou = best_iou[b, a, j, i]
+    cm = L.mult[cls] if (L.alexeyab and L.mult is not None) else torch.ones_like(iou)
+    p_obj = o[b, a, 4, j, i]
+    if L.alexeyab and cfg.objectness_smooth:
+        d[b, a, 4, j, i] = _f32(cfg.obj_normalizer) * (iou * iou - p_obj)
+    elif L.alexeyab:
+        d[b, a, 4, j, i] = _f32(cfg.obj_normalizer) * (1 - p_obj)
+    else:
+        d[b, a, 4, j, i] = 1 - p_obj
+    p_cls = o[b, a, 5:, j, i]                               # [N, C]
+    new = _class_full(L, p_cls, d[b, a, 5:, j, i], cls)
+    if L.alexeyab and cfg.objectness_smooth:
+        p_c = p_cls.gather(1, cls[:, None])[:, 0]
+        new = new.scatter(1, cls[:, None], (cm * (iou * iou - p_c))[:, None])
+    d[b, a, 5:, j, i] = new
+    anchor = L.mask[a]
+    pred_s = _pred_boxes(L, a, anchor, j, i, b)
+    xbox = torch.stack([o[b, a, e, j, i] for e in range(4)], dim=1)
+    d_box = _box_increment(L, pred_s, truth, xbox, anchor, j, i, cm)
+    for e in range(4):
+        d[b, a, e, j, i] = d[b, a, e, j, i] + d_box[:, e] if L.alexeyab else d_box[:, e]
+    if L.alexeyab:
+        stats["total_bbox"] = stats["total_bbox"] + b.shape[0]
+
+
+def _truth_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
+    """Step 3: every assignment, applied rank by rank within its slot."""
+    cfg = L.config
+    o, d = L.output, L.delta
+    asg = _assignments(L, tr)
+    N = asg.b.shape[0]
+    stats["assigned"] = stats["assigned"] + N
+    if N == 0:
+        return
+    b, a, j, i = asg.b, asg.a, asg.j, asg.i
+    _mark(L, b[~asg.extra], a[~asg.extra], j[~asg.extra], i[~asg.extra], _roles.ROLE_BEST_ANCHOR)
+    _mark(L, b[asg.extra], a[asg.extra], j[asg.extra], i[asg.extra], _roles.ROLE_EXTRA_ANCHOR)
+    truth = Boxes(*(c[b, asg.t] for c in tr.box))
+    cls = tr.cls[b, asg.t]
+    cm = L.mult[cls] if (L.alexeyab and L.mult is not None) else torch.ones_like(truth.x)
+    pred = _pred_boxes(L, a, asg.anchor, j, i, b)
+    iou = box_iou(pred, truth, pjreddie=not L.alexeyab)
+    xbox = torch.stack([o[b, a, e, j, i] for e in range(4)], dim=1)
+    inc = _box_increment(L, pred, truth, xbox, asg.anchor, j, i, cm)
+    stats["tot_iou"] = stats["tot_iou"] + iou.sum()
+    if L.alexeyab:
+        giou = box_giou(pred, truth)
+        stats["tot_iou_loss"] = stats["tot_iou_loss"] + (1 - iou).sum()
+        stats["tot_giou_loss"] = stats["tot_giou_loss"] + (1 - giou).sum()
+        stats["total_bbox"] = stats["total_bbox"] + N
+    p_obj = o[b, a, 4, j, i]
+    obj_target = cm * _f32(cfg.obj_normalizer) * (1 - p_obj) if L.alexeyab else 1 - p_obj
+
+    rank = _slot_ranks(L, asg)
+    for r in range(int(rank.max().item()) + 1):
+        k = (rank == r).nonzero(as_tuple=True)[0]
+        bk, ak, jk, ik, ck = b[k], a[k], j[k], i[k], cls[k]
+        box_now = torch.stack([d[bk, ak, e, jk, ik] for e in range(4)], dim=1)
+        rewritten = (box_now != 0).any(dim=1)
+        _mark(L, bk[rewritten], ak[rewritten], jk[rewritten], ik[rewritten], _roles.ROLE_REWRITTEN)
+        if L.alexeyab:
+            stats["rewritten_bbox"] = stats["rewritten_bbox"] + rewritten.sum()
+            new_box = box_now + inc[k]
+        else:
+            new_box = inc[k]
+        for e in range(4):
+            d[bk, ak, e, jk, ik] = new_box[:, e]
+        if L.alexeyab and cfg.objectness_smooth:
+            current = d[bk, ak, 4, jk, ik]
+            d[bk, ak, 4, jk, ik] = torch.where(current == 0, obj_target[k], current)
+        else:
+            d[bk, ak, 4, jk, ik] = obj_target[k]
+        p_cls = o[bk, ak, 5:, jk, ik]
+        old = d[bk, ak, 5:, jk, ik]
+        test_class = ck if L.alexeyab else torch.zeros_like(ck)
+        shortcut = old.gather(1, test_class[:, None])[:, 0] != 0
+        full = _class_full(L, p_cls, old, ck)
+        short_val = _class_shortcut(L, p_cls.gather(1, ck[:, None])[:, 0], old.gather(1, ck[:, None])[:, 0], ck)
+        short_rows = old.scatter(1, ck[:, None], short_val[:, None])
+        d[bk, ak, 5:, jk, ik] = torch.where(shortcut[:, None], short_rows, full)
+        _mark(L, bk[shortcut], ak[shortcut], jk[shortcut], ik[shortcut], _roles.ROLE_CLASS_SHORTCUT)
+
+
+def _averaging_pass(L: _Layer) -> None:
+    d = L.delta
+    has_obj = d[:, :, 4] != 0                                # [B, n, H, W]
+    positive = (d[:, :, 5:] > 0).sum(dim=2)                  # [B, n, H, W]
+    divide = has_obj & (positive > 0)
+    L.roles |= (has_obj & (positive > 1)).to(torch.int32) * _roles.ROLE_AVERAGED
+    denom = torch.where(divide, positive, torch.ones_like(positive)).to(d.dtype)
+    d[:, :, 0:4] = torch.where(divide[:, :, None], d[:, :, 0:4] / denom[:, :, None], d[:, :, 0:4])
+
+
+def _magnitude(v: Tensor) -> Tensor:
+    """darknet's mag_array: sqrt of the float sum of squares, rounded to float (0-d float64)."""
+    return torch.sqrt((v * v).sum().double()).to(v.dtype).double()
+
+
+def _squared_magnitude(v: Tensor) -> Tensor:
+    """pow(mag_array(v), 2) stored as float."""
+    return (_magnitude(v) ** 2).to(v.dtype)
+
+
+def _cost(L: _Layer, stats: dict[str, Tensor]) -> None:
+    cfg = L.config
+    d = L.delta
+    assigned = stats["assigned"]
+    if not L.alexeyab:
+        stats["count"] = assigned
+        stats["cost"] = _squared_magnitude(d)
+        stats["avg_iou"] = stats["tot_iou"] / assigned
+        return
+    count = torch.clamp(torch.as_tensor(assigned), min=1)
+    stats["count"] = count
+    stats["avg_iou"] = stats["tot_iou"] / count
+    loss = _squared_magnitude(d)
+    batch = L.B
+    if not cfg.show_details:
+        stats["cost"] = loss
+        stats["total_loss"] = loss / batch
+        return
+    class_loss = (_f32(cfg.obj_normalizer) * _magnitude(d[:, :, 4:]) ** 2).to(d.dtype)
+    if cfg.iou_loss == "mse":
+        stats["cost"] = loss
+    else:
+        mean = (stats["tot_giou_loss"] if cfg.iou_loss == "giou" else stats["tot_iou_loss"]) / count
+        stats["cost"] = _f32(cfg.iou_normalizer) * mean + class_loss
+    stats["total_loss"] = loss / batch
+    stats["class_loss"] = class_loss / batch
+    stats["iou_loss"] = (loss - class_loss) / batch
+
+
+def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str | None = None, *,
+                 delta_normalizer: bool = False) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """darknet's [yolo] training forward pass on torch tensors.
+
+    Args:
+        input (Tensor[batch, n*(5+classes), h, w]): raw head output, any device, float32.
+        truth (Tensor[batch, rows, 6 or 5]): x, y, w, h, class, track per box (darknet's
+            terminator rules: reading stops at the first x == 0 and after ``max`` rows).
+        config: the layer's options, as ``load_case(...).config``.
+        flavor: ``"alexeyab"`` or ``"pjreddie"``; defaults to ``config.flavor``.
+        delta_normalizer: scale delta by ``config.delta_normalizer`` as darknet's GPU backward does.
+
+    Returns:
+        ``(output, delta, stats)``: float32 tensors in darknet's layout and a dict of 0-d
+        tensors (``cost``, ``count``, ``tot_iou``, ...; AlexeyAB adds ``rewritten_bbox``,
+        ``total_bbox``) plus ``roles`` ([batch, n, h, w] int32 decision bits).
+    """
+    flavor = check_flavor(flavor or config.flavor)
+    check_config(config, flavor)
+    if not isinstance(input, Tensor) or not isinstance(truth, Tensor):
+        raise InputError("yolo_forward takes torch tensors (use parity.reference.run_reference for numpy)")
+    if not input.is_floating_point() or not truth.is_floating_point():
+        raise InputError(f"input/truth dtypes {input.dtype}/{truth.dtype} are not floating point")
+    if input.dim() != 4 or input.shape[1] != config.channels:
+        raise InputError(f"input: shape {tuple(input.shape)}, expected [batch, {config.channels}, h, w] "
+                         f"(n*(5+classes) = {config.n}*(5+{config.classes}))")
+    if truth.dim() != 3 or truth.shape[0] != input.shape[0] or truth.shape[2] not in (5, 6):
+        raise InputError(f"truth: shape {tuple(truth.shape)}, expected [{input.shape[0]}, rows, 6 or 5]")
+    x = input.detach().to(torch.float32)
+    B, _, H, W = x.shape
+    n, C = config.n, config.classes
+    E = 5 + C
+    dev = x.device
+    output = x.clone()
+    delta = torch.zeros_like(output)
+    mult_np = config.classes_multipliers() if flavor == "alexeyab" else None
+    L = _Layer(
+        config, flavor, B, n, C, H, W,
+        output.view(B, n, E, H, W), delta.view(B, n, E, H, W),
+        torch.zeros(B, n, H, W, dtype=torch.int32, device=dev),
+        torch.tensor(np.asarray(config.anchors[: 2 * config.num], dtype=np.float32).reshape(-1, 2), device=dev),
+        torch.tensor(config.mask, dtype=torch.long, device=dev),
+        torch.tensor(mult_np, device=dev) if mult_np is not None else None,
+    )
+    zero = torch.zeros((), dtype=torch.float32, device=dev)
+    izero = torch.zeros((), dtype=torch.long, device=dev)
+    stats: dict[str, Any] = {"tot_iou": zero, "tot_iou_loss": zero, "tot_giou_loss": zero,
+                             "assigned": izero, "rewritten_bbox": izero, "total_bbox": izero}
+    _activate(L)
+    tr = _read_truths(L, truth.detach().to(device=dev, dtype=torch.float32))
+    _check_cells(L, tr)
+    _cell_pass(L, tr, stats)
+    _truth_pass(L, tr, stats)
+    if L.alexeyab and _f32(config.iou_thresh) < 1.0:
+        _averaging_pass(L)
+    _cost(L, stats)
+    if not L.alexeyab:
+        for key in ("tot_iou_loss", "tot_giou_loss", "rewritten_bbox", "total_bbox"):
+            stats.pop(key)
+    stats["roles"] = L.roles
+    if delta_normalizer:
+        delta = delta * _f32(config.delta_normalizer)
+    return output, delta, stats
+
+
+def _check_cells(L: _Layer, tr: _Truths) -> None:
+    """Refuse truths darknet would index outside the grid with (as the C reference does)."""
+    used = tr.valid
+    x, y = tr.box.x, tr.box.y
+    ok = torch.isfinite(x) & torch.isfinite(y) & (x >= 0) & (y >= 0) & (x < 1) & (y < 1)
+    ok = ok & ((torch.where(ok, x, torch.zeros_like(x)) * L.W).trunc() < L.W)
+    ok = ok & ((torch.where(ok, y, torch.zeros_like(y)) * L.H).trunc() < L.H)
+    if not L.alexeyab:
+        bad_cls = tr.active & ~tr.class_ok
+        if bool(bad_cls.any()):
+            raise InputError("truth: a class id outside [0, classes) with the pjreddie flavor")
+    bad = used & ~ok
+    if bool(bad.any()):
+        b, t = (int(v) for v in bad.nonzero()[0])
+        raise InputError(f"truth[{b}, {t}]: centre ({float(x[b, t])}, {float(y[b, t])}) is outside [0, 1): "
+                         "darknet would index outside the grid")
