@@ -1,0 +1,16 @@
+"""``parity.torch``: darknet's [yolo] layer for PyTorch users.
+
+    from parity.torch import yolo_forward, DarknetYoloLoss
+    output, delta, stats = yolo_forward(input, truth, config, flavor="alexeyab")
+    loss = DarknetYoloLoss("yolov4.cfg")(head_outputs, targets); loss.backward()
+
+See ``parity.torch_layer`` (the forward pass) and ``parity.torch_loss``
+(the autograd Function, multi-head module and target converters).
+"""
+from __future__ import annotations
+
+from .torch_layer import logistic, yolo_forward
+from .torch_loss import DarknetYoloLoss, darknet_yolo_cost, rows_from_targets, targets_from_rows
+
+__all__ = ["DarknetYoloLoss", "darknet_yolo_cost", "logistic", "rows_from_targets", "targets_from_rows",
+           "yolo_forward"]

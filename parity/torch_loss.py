@@ -1,0 +1,179 @@
+"""``DarknetYoloLoss``: darknet's gradients through autograd.
+
+darknet's [yolo] layer does not differentiate a loss: it writes ``delta``
+(target minus prediction, on the activated output, without the logistic
+derivative and without back-propagating ``scale_x_y`` or the box decoding)
+and its backward adds that delta to the previous layer's. Gradients descend,
+so the gradient darknet applies to the head is ``-delta``. The custom
+autograd Function below returns darknet's reported cost as the value and
+``-delta * grad_output`` as the gradient: the value is what darknet prints,
+NOT an objective whose derivative is that gradient.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from .config import YoloConfig
+from .errors import InputError
+from .torch_layer import yolo_forward
+
+
+class _DarknetGradient(torch.autograd.Function):
+    """Value: darknet's cost. Gradient w.r.t. the head: ``-delta * grad_output``."""
+
+    @staticmethod
+    def forward(head: Tensor, cost: Tensor, delta: Tensor) -> Tensor:  # type: ignore[override]
+        return cost.to(head.dtype).clone()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        head, _, delta = inputs
+        ctx.save_for_backward(delta)
+        ctx.head_dtype = head.dtype
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_cost: Tensor) -> tuple[Tensor | None, None, None]:
+        (delta,) = ctx.saved_tensors
+        grad = None
+        if ctx.needs_input_grad[0]:
+            grad = (-delta * grad_cost.to(delta.dtype)).to(ctx.head_dtype)
+        return grad, None, None
+
+
+def darknet_yolo_cost(head: Tensor, truth: Tensor, config: YoloConfig, flavor: str | None = None, *,
+                      delta_normalizer: bool = False) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """One head: ``(cost, delta, stats)``; ``cost.backward()`` leaves ``head.grad == -delta``."""
+    with torch.no_grad():
+        _, delta, stats = yolo_forward(head, truth, config, flavor or config.flavor,
+                                       delta_normalizer=delta_normalizer)
+    return _DarknetGradient.apply(head, stats["cost"], delta), delta, stats
+
+
+def targets_from_rows(rows: Tensor, batch_size: int, max_boxes: int = 200) -> Tensor:
+    """``[N, 6]`` rows ``(image_index, class, x, y, w, h)`` -> darknet truth ``[batch, max_boxes, 6]``.
+
+    The layout of most PyTorch YOLO codebases (ultralytics-style targets) to
+    darknet's: per image, boxes in their row order, ``x, y, w, h, class, 0``,
+    zero-padded. darknet stops reading an image's boxes at the first with
+    ``x == 0`` and keeps at most ``max_boxes``: both rules then apply to the
+    converted tensor exactly as they would in darknet (a warning says when
+    boxes were dropped for ``max_boxes``).
+    """
+    if rows.dim() != 2 or rows.shape[1] != 6:
+        raise InputError(f"targets: shape {tuple(rows.shape)}, expected [N, 6] rows "
+                         "(image_index, class, x, y, w, h)")
+    img = rows[:, 0].to(torch.long)
+    if rows.shape[0] and (int(img.min()) < 0 or int(img.max()) >= batch_size):
+        raise InputError(f"targets: image indices must lie in [0, {batch_size}), got "
+                         f"[{int(img.min())}, {int(img.max())}]")
+    order = torch.argsort(img, stable=True)
+    img_sorted = img[order]
+    counts = torch.bincount(img_sorted, minlength=batch_size)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(img_sorted.shape[0], device=rows.device) - starts[img_sorted]
+    keep = slot < max_boxes
+    if not bool(keep.all()):
+        warnings.warn(f"targets: {int((~keep).sum())} boxes beyond max={max_boxes} per image dropped "
+                      "(darknet reads at most max boxes)", stacklevel=2)
+    truth = torch.zeros(batch_size, max_boxes, 6, dtype=torch.float32, device=rows.device)
+    src = rows[order][keep].to(torch.float32)
+    truth[img_sorted[keep], slot[keep], 0:4] = src[:, 2:6]
+    truth[img_sorted[keep], slot[keep], 4] = src[:, 1]
+    return truth
+
+
+def rows_from_targets(truth: Tensor) -> Tensor:
+    """Inverse of ``targets_from_rows`` for the boxes darknet would read."""
+    from .layer_input import active_rows
+
+    active = torch.from_numpy(active_rows(truth.detach().cpu().numpy(), truth.shape[1])).to(truth.device)
+    b, t = active.nonzero(as_tuple=True)
+    picked = truth[b, t]
+    return torch.stack([b.to(truth.dtype), picked[:, 4], picked[:, 0], picked[:, 1], picked[:, 2], picked[:, 3]], 1)
+
+
+def _configs_from(spec: Any, flavor: str | None) -> list[YoloConfig]:
+    """A cfg path, cfg text, one YoloConfig or a sequence of them -> one config per head."""
+    from .config import load_cfg, parse_cfg
+
+    if isinstance(spec, YoloConfig):
+        return [spec]
+    if isinstance(spec, (str, os.PathLike)):
+        text_like = isinstance(spec, str) and "\n" in spec
+        net = parse_cfg(spec, flavor=flavor or "alexeyab") if text_like else load_cfg(spec, flavor=flavor or "alexeyab")
+        configs = [layer.config for layer in net.yolo_layers]
+        if not configs:
+            raise InputError(f"{spec if not text_like else 'cfg text'}: no [yolo] section")
+        return configs
+    if isinstance(spec, Sequence) and spec and all(isinstance(c, YoloConfig) for c in spec):
+        return list(spec)
+    raise InputError(f"DarknetYoloLoss needs a cfg path, cfg text or YoloConfig(s), got {type(spec).__name__}")
+
+
+class DarknetYoloLoss(nn.Module):
+    """darknet's [yolo] training loss for one or several heads.
+
+    ``loss = DarknetYoloLoss("yolov4.cfg")(outputs, targets)``; ``loss.backward()``
+    leaves each head's ``.grad == -delta``, the gradient darknet applies. The
+    returned value is the sum of the heads' darknet costs (what darknet
+    prints), not the objective whose gradient is applied.
+
+    Args:
+        cfg_or_config: a darknet cfg file (each [yolo] section is one head, in
+            order), cfg text, a ``YoloConfig``, or a list of them.
+        flavor: ``"alexeyab"`` (default) or ``"pjreddie"``.
+        layout: ``"nchw"`` (darknet's ``[b, n*(5+c), h, w]``) or ``"bnhwc"``
+            (``[b, n, h, w, 5+c]``, common in PyTorch codebases).
+        delta_normalizer: scale gradients by each head's ``delta_normalizer``
+            as darknet's GPU backward does (its CPU backward does not).
+
+    Forward takes one head tensor or a list (one per head, in cfg order) and
+    targets as darknet truth ``[b, max_boxes, 6]`` or rows ``[N, 6]``
+    ``(image_index, class, x, y, w, h)``. ``last_stats`` keeps each head's stats.
+    """
+
+    def __init__(self, cfg_or_config: Any, flavor: str | None = None, *, layout: str = "nchw",
+                 delta_normalizer: bool = False) -> None:
+        super().__init__()
+        if layout not in ("nchw", "bnhwc"):
+            raise InputError(f"layout {layout!r}: expected 'nchw' or 'bnhwc'")
+        self.configs = _configs_from(cfg_or_config, flavor)
+        self.flavor = flavor or self.configs[0].flavor
+        self.layout = layout
+        self.delta_normalizer = delta_normalizer
+        self.last_stats: list[dict[str, Any]] = []
+
+    def _to_nchw(self, head: Tensor, config: YoloConfig) -> Tensor:
+        if self.layout == "nchw":
+            return head
+        if head.dim() != 5 or head.shape[1] != config.n or head.shape[4] != 5 + config.classes:
+            raise InputError(f"head: shape {tuple(head.shape)}, expected [b, {config.n}, h, w, "
+                             f"{5 + config.classes}] for layout 'bnhwc'")
+        b, n, h, w, e = head.shape
+        return head.permute(0, 1, 4, 2, 3).reshape(b, n * e, h, w)
+
+    def forward(self, outputs: Tensor | Sequence[Tensor], targets: Tensor) -> Tensor:
+        heads = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+        if len(heads) != len(self.configs):
+            raise InputError(f"{len(heads)} head outputs for {len(self.configs)} [yolo] layers")
+        batch = heads[0].shape[0]
+        total: Tensor | None = None
+        self.last_stats = []
+        for head, config in zip(heads, self.configs):
+            truth = targets
+            if targets.dim() == 2:
+                truth = targets_from_rows(targets, batch, config.max_boxes)
+            truth = truth.to(device=head.device)
+            cost, _, stats = darknet_yolo_cost(self._to_nchw(head, config), truth, config, self.flavor,
+                                               delta_normalizer=self.delta_normalizer)
+            self.last_stats.append(stats)
+            total = cost if total is None else total + cost
+        assert total is not None
+        return total
