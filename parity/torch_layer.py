@@ -33,9 +33,16 @@ from .errors import InputError
 from .torch_box import Boxes, box_giou, box_iou, box_iou_kind, iou_loss_grad
 from . import reference as _roles
 
-# Elements of one IoU chunk in the ignore search (cells x truths per image):
-# bounds the search's extra memory to a few hundred MB whatever the batch.
-IGNORE_CHUNK_ELEMENTS = 1 << 22
+# Elements processed per step by the chunked passes (activation, ignore
+# search). On the CPU a chunk that stays in cache is several times faster
+# than one pass over the whole tensor; on a GPU large chunks amortize launches.
+# Either way the search's extra memory stays bounded whatever the batch.
+CPU_CHUNK_ELEMENTS = 1 << 16
+GPU_CHUNK_ELEMENTS = 1 << 24
+
+
+def _chunk_elements(t: Tensor) -> int:
+    return CPU_CHUNK_ELEMENTS if t.device.type == "cpu" else GPU_CHUNK_ELEMENTS
 
 
 def _f32(v: float) -> float:
@@ -82,11 +89,31 @@ class _Layer:
         return self.alexeyab and bool(self.config.new_coords)
 
 
+def _logistic_(flat: Tensor, flavor: str) -> None:
+    """In-place darknet logistic on a flat contiguous tensor, chunk by chunk.
+
+    AlexeyAB: e = expf(-x) (float64 exp rounded once, as glibc's expf), then
+    1/(1 + e) in float. pjreddie: the whole expression in double.
+    """
+    step = _chunk_elements(flat)
+    for start in range(0, flat.numel(), step):
+        part = flat[start:start + step]
+        e = part.double().neg_().exp_()
+        if flavor == "pjreddie":
+            part.copy_(e.add_(1.0).reciprocal_())
+        else:
+            part.copy_(e)
+    if flavor != "pjreddie":
+        flat.add_(1.0).reciprocal_()
+
+
 def _activate(L: _Layer) -> None:
     o, cfg = L.output, L.config
     if not L.new_coords:
-        o[:, :, 0:2] = logistic(o[:, :, 0:2], L.flavor)
-        o[:, :, 4:] = logistic(o[:, :, 4:], L.flavor)
+        # Logistic on everything but w, h: keep those aside and put them back.
+        wh = o[:, :, 2:4].clone()
+        _logistic_(o.view(-1), L.flavor)
+        o[:, :, 2:4] = wh
     if L.alexeyab:
         scale = _f32(cfg.scale_x_y)
         shift = _f32(-0.5 * (scale - 1))  # a double expression passed as float
@@ -165,22 +192,50 @@ def _best_over(iou: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
 
 
 def _ignore_search(L: _Layer, pred: Boxes, tr: _Truths) -> tuple[Tensor, Tensor]:
-    """Best IoU of each slot's prediction over the image's truths: ([B, n, H, W], index)."""
+    """Best IoU of each slot's prediction over the image's truths: ([B, n, H, W], index).
+
+    The same numbers as ``box_iou`` (and so as darknet), in fewer passes:
+    a NaN edge of a prediction loses every ``>``/``<`` test in darknet's
+    overlap, exactly as -inf (left/top) or +inf (right/bottom) would, so the
+    edges are sanitized once and min/max replace compare-and-select; unused
+    truth rows become a box far outside the image (IoU 0).
+    """
     B, T = L.B, tr.valid.shape[1]
     P = L.n * L.H * L.W
-    best = torch.zeros(B, P, dtype=L.output.dtype, device=L.output.device)
-    best_t = torch.zeros(B, P, dtype=torch.long, device=L.output.device)
+    dev, dt = L.output.device, L.output.dtype
+    best = torch.zeros(B, P, dtype=dt, device=dev)
+    best_t = torch.zeros(B, P, dtype=torch.long, device=dev)
     if T == 0:
         return best.view(B, L.n, L.H, L.W), best_t.view(B, L.n, L.H, L.W)
-    flat = Boxes(*(c.reshape(B, P, 1) for c in pred))
-    truth = Boxes(*(c.view(B, 1, T) for c in tr.box))
-    valid = tr.valid.view(B, 1, T)
-    step = max(1, IGNORE_CHUNK_ELEMENTS // max(1, B * T))
+    inf = torch.tensor(float("inf"), dtype=dt, device=dev)
+    far = torch.tensor(-10.0, dtype=dt, device=dev)
+
+    def pred_edges(c: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        lo, hi = (c - s / 2).reshape(B, P, 1), (c + s / 2).reshape(B, P, 1)
+        return torch.where(torch.isnan(lo), -inf, lo), torch.where(torch.isnan(hi), inf, hi)
+
+    def truth_edges(c: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        lo = torch.where(tr.valid, c - s / 2, far).view(B, 1, T)
+        hi = torch.where(tr.valid, c + s / 2, far).view(B, 1, T)
+        return lo, hi
+
+    plx, phx = pred_edges(pred.x, pred.w)
+    ply, phy = pred_edges(pred.y, pred.h)
+    tlx, thx = truth_edges(tr.box.x, tr.box.w)
+    tly, thy = truth_edges(tr.box.y, tr.box.h)
+    parea = (pred.w * pred.h).reshape(B, P, 1)
+    tarea = torch.where(tr.valid, tr.box.w * tr.box.h, torch.zeros_like(tr.box.w)).view(B, 1, T)
+    zero = torch.zeros((), dtype=dt, device=dev)
+    step = max(1, _chunk_elements(best) // max(1, B * T))
     for start in range(0, P, step):
-        part = Boxes(*(c[:, start:start + step] for c in flat))
-        iou = box_iou(part, truth, pjreddie=not L.alexeyab)                # [B, chunk, T]
-        iou = torch.where(valid, iou, torch.zeros_like(iou))
-        best[:, start:start + step], best_t[:, start:start + step] = _best_over(iou)
+        sl = slice(start, start + step)
+        iw = torch.minimum(phx[:, sl], thx).sub_(torch.maximum(plx[:, sl], tlx))
+        ih = torch.minimum(phy[:, sl], thy).sub_(torch.maximum(ply[:, sl], tly))
+        # darknet: 0 when iw < 0 or ih < 0; the clamps agree wherever the IoU can be > 0
+        inter = iw.clamp_(min=0).mul_(ih.clamp_(min=0))
+        iou = torch.div(inter, (parea[:, sl] + tarea).sub_(inter))
+        # NaN and values <= 0 never replace darknet's running best (which starts at 0)
+        best[:, sl], best_t[:, sl] = torch.fmax(iou, zero).max(dim=-1)
     return best.view(B, L.n, L.H, L.W), best_t.view(B, L.n, L.H, L.W)
 
 
