@@ -121,7 +121,7 @@ def _check_truth_rows(config: YoloConfig, t: np.ndarray, h: int, w: int, flavor:
         if bad.any():
             b, r = map(int, np.argwhere(bad)[0])
             raise InputError(
-                f"truth[{b}, {r}]: class id {cls[b, r]!r} is outside [0, {config.classes}); pjreddie's darknet has "
+                f"truth[{b}, {r}]: class id {float(cls[b, r])!r} is outside [0, {config.classes}); pjreddie's darknet has "
                 "no range check and would write outside the class block")
     used = active & class_ok
     xy = t[..., :2]
@@ -135,5 +135,5 @@ def _check_truth_rows(config: YoloConfig, t: np.ndarray, h: int, w: int, flavor:
     if bad.any():
         b, r = map(int, np.argwhere(bad)[0])
         raise InputError(
-            f"truth[{b}, {r}]: centre (x={t[b, r, 0]!r}, y={t[b, r, 1]!r}) is outside [0, 1); darknet computes the "
+            f"truth[{b}, {r}]: centre (x={float(t[b, r, 0])!r}, y={float(t[b, r, 1])!r}) is outside [0, 1); darknet computes the "
             f"cell as (int)(x*{w}), (int)(y*{h}) and would index outside the grid (x = 1.0 corrupts memory in darknet)")

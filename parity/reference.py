@@ -58,15 +58,16 @@ class ReferenceResult:
     backend: str = "c"
 
 
-def _c_config(ffi: Any, lib: Any, config: YoloConfig, flavor: str, shape: Any, truth: np.ndarray,
-              keep: list[Any]) -> Any:
-    """Fill a yref_config; ``keep`` holds the arrays it points into alive."""
+def fill_layer_struct(ffi: Any, c: Any, config: YoloConfig, flavor: str, shape: Any, truth: np.ndarray,
+                      keep: list[Any]) -> None:
+    """Set the layer fields shared by the C reference's and the shim's config structs.
+
+    ``keep`` receives the arrays the struct points into, to keep them alive.
+    """
     mask = np.ascontiguousarray(config.mask, dtype=np.int32)
     biases = np.ascontiguousarray(config.anchors[: 2 * config.num], dtype=np.float32)
     mult = config.classes_multipliers() if flavor == "alexeyab" else None
     keep.extend([mask, biases, mult])
-    c = ffi.new("yref_config *")
-    c.flavor = FLAVOR_CODES[flavor]
     c.batch, c.w, c.h = shape.batch, shape.w, shape.h
     c.n, c.total, c.classes = config.n, config.num, config.classes
     c.max_boxes = config.max_boxes
@@ -84,7 +85,6 @@ def _c_config(ffi: Any, lib: Any, config: YoloConfig, flavor: str, shape: Any, t
     c.new_coords, c.objectness_smooth = config.new_coords, config.objectness_smooth
     c.focal_loss, c.show_details = config.focal_loss, config.show_details
     c.label_smooth_eps, c.max_delta = config.label_smooth_eps, config.max_delta
-    return c
 
 
 def _run_c(config: YoloConfig, x: np.ndarray, t: np.ndarray, flavor: str, shape: Any) -> ReferenceResult:
@@ -93,7 +93,9 @@ def _run_c(config: YoloConfig, x: np.ndarray, t: np.ndarray, flavor: str, shape:
     mod = load_reference()
     ffi, lib = mod.ffi, mod.lib
     keep: list[Any] = []
-    cfg = _c_config(ffi, lib, config, flavor, shape, t, keep)
+    cfg = ffi.new("yref_config *")
+    cfg.flavor = FLAVOR_CODES[flavor]
+    fill_layer_struct(ffi, cfg, config, flavor, shape, t, keep)
     output = np.empty_like(x)
     delta = np.empty_like(x)
     roles = np.empty((shape.batch, shape.n, shape.h, shape.w), dtype=np.int32)
