@@ -7,7 +7,6 @@ from values: a decision mismatch is never a tolerance question.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -65,9 +64,8 @@ def _error_maxima(cand: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 
 
 def _stat_close(cand: Any, ref: Any, atol: float, rtol: float) -> bool:
-    if isinstance(ref, float) and math.isnan(ref):
-        return isinstance(cand, float) and math.isnan(cand)
-    return abs(float(cand) - float(ref)) <= atol + rtol * abs(float(ref))
+    """The tolerance rule on one number (NaN == NaN, an infinity equals only itself)."""
+    return bool(within(np.float64(cand), np.float64(ref), atol, rtol))
 
 
 def compare_runs(name: str, ref_output: np.ndarray, ref_delta: np.ndarray, ref_stats: Mapping[str, Any],

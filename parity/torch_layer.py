@@ -459,6 +459,8 @@ def _truth_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
     cfg = L.config
     o, d = L.output, L.delta
     asg = _assignments(L, tr)
+    stats["assignments"] = {"b": asg.b, "t": asg.t, "a": asg.a, "anchor": asg.anchor, "j": asg.j, "i": asg.i,
+                            "extra": asg.extra}
     N = asg.b.shape[0]
     stats["assigned"] = stats["assigned"] + N
     if N == 0:
@@ -576,7 +578,9 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
     Returns:
         ``(output, delta, stats)``: float32 tensors in darknet's layout and a dict of 0-d
         tensors (``cost``, ``count``, ``tot_iou``, ...; AlexeyAB adds ``rewritten_bbox``,
-        ``total_bbox``) plus ``roles`` ([batch, n, h, w] int32 decision bits).
+        ``total_bbox``) plus ``roles`` ([batch, n, h, w] int32 decision bits) and
+        ``assignments`` (step 3's writes in darknet's order: index tensors ``b, t, a,
+        anchor, j, i`` and ``extra``, true for iou_thresh extras).
     """
     flavor = check_flavor(flavor or config.flavor)
     check_config(config, flavor)

@@ -1,0 +1,125 @@
+"""parity.torch against its oracles: the C reference (random cases) and real darknet (recordings).
+
+Bar (issue 3): zero decision mismatches (delta zero vs nonzero, and the
+per-cell roles: ignored, class-match blocked, truth_thresh, best/extra
+anchor, rewritten, class shortcut, averaged), every element within
+1e-5 + 1e-4*|reference|, counters equal and cost within the same rule.
+The CUDA class runs the same comparison on a GPU and skips without one.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from parity.agreement import Agreement, compare_runs
+from parity.case import Case, load_case
+from parity.generate import random_case, random_config
+from parity.reference import run_reference
+from parity.replay import ofast_nonfinite, shared_recorded_dir
+from parity.torch import yolo_forward
+
+RANDOM_CASES = 2000
+MAXIMA: dict[str, list[float]] = {}
+
+
+def torch_agreement(case: Case, ref_output, ref_delta, ref_stats, ref_roles, device: str) -> Agreement:
+    out, delta, stats = yolo_forward(torch.from_numpy(case.input).to(device), torch.from_numpy(case.truth).to(device),
+                                     case.config, case.flavor)
+    scalars = {k: v.item() for k, v in stats.items() if torch.is_tensor(v) and v.dim() == 0}
+    agreement = compare_runs(case.name, ref_output, ref_delta, ref_stats, out.cpu().numpy(), delta.cpu().numpy(),
+                             scalars)
+    if ref_roles is not None:
+        agreement.decision_mismatches += int((stats["roles"].cpu().numpy() != ref_roles).sum())
+    key = f"{device}"
+    m = MAXIMA.setdefault(key, [0.0, 0.0])
+    MAXIMA[key] = [max(m[0], agreement.max_abs), max(m[1], agreement.max_rel)]
+    return agreement
+
+
+@lru_cache(maxsize=None)
+def random_cases(count: int = RANDOM_CASES) -> list[Case]:
+    """Configs drawn across every option (both flavors), cases with planted overlaps; some NaN/Inf."""
+    cases = []
+    for k in range(count):
+        flavor = "pjreddie" if k % 5 == 0 else "alexeyab"
+        config = random_config(np.random.default_rng([2024, k]), flavor)
+        cases.append(random_case(10_000 + k, config, flavor=flavor, nonfinite=3 if k % 9 == 0 else 0))
+    return cases
+
+
+def _check_random(device: str, chunk: slice) -> None:
+    failures = []
+    for case in random_cases()[chunk]:
+        ref = run_reference(case.config, case.input, case.truth, flavor=case.flavor)
+        agreement = torch_agreement(case, ref.output, ref.delta, ref.stats, ref.roles, device)
+        if not agreement:
+            failures.append(f"{case.meta['generator']}: {agreement.decision_mismatches} decisions, "
+                            f"{agreement.value_mismatches} values, stats {agreement.stats_mismatches}")
+    assert not failures, "\n".join(failures[:10])
+
+
+CHUNKS = [slice(k, k + 250) for k in range(0, RANDOM_CASES, 250)]
+
+
+class TestTorchVsCReferenceCPU:
+    @pytest.mark.parametrize("chunk", CHUNKS, ids=lambda s: f"cases{s.start}-{s.stop - 1}")
+    def test_random_cases_agree(self, chunk):
+        _check_random("cpu", chunk)
+
+    def test_random_cases_span_every_branch(self):
+        # The comparison above means something only if darknet's branches are reached.
+        seen: dict[str, int] = {}
+        for case in random_cases():
+            for name, count in run_reference(case.config, case.input, case.truth, flavor=case.flavor).branches.items():
+                seen[name] = seen.get(name, 0) + (count > 0)
+        for name in ("ignore", "classmatch_blocked", "objectness_smooth", "truth_thresh", "anchor_outside_mask",
+                     "iou_thresh_extra", "rewritten_bbox", "class_shortcut", "averaging_divides", "iou_loss_mse",
+                     "iou_loss_iou", "iou_loss_giou", "iou_loss_diou", "iou_loss_ciou", "max_delta_clip",
+                     "fix_nan_inf", "class_oob", "obj_nonfinite", "focal", "label_smooth"):
+            assert seen.get(name, 0) >= 2, f"only {seen.get(name, 0)} random cases reach {name!r}"
+
+
+RECORDED = shared_recorded_dir()
+
+
+def _recorded(subset: str) -> list:
+    paths = sorted((RECORDED / subset).glob("*.npz")) if RECORDED else []
+    if not paths:
+        marks = [] if os.environ.get("CI") else [pytest.mark.skip(reason="../shared/recorded is absent")]
+        return [pytest.param(None, id=f"{subset}-missing", marks=marks)]
+    return [pytest.param(p, id=f"{subset}/{p.stem}") for p in paths]
+
+
+class TestTorchVsRecordedDarknet:
+    @pytest.mark.parametrize("path", _recorded("alexeyab-O2") + _recorded("alexeyab") + _recorded("pjreddie"))
+    def test_recorded_case_agrees(self, path: Path | None):
+        assert path is not None, "CI must have the recorded dev set (../shared/recorded)"
+        case = load_case(path)
+        if ofast_nonfinite(case):
+            assert (path.parent.parent / "alexeyab-O2" / path.name).exists()  # its -O2 twin is compared
+            return
+        agreement = torch_agreement(case, case.output, case.delta, case.stats, None, "cpu")
+        assert agreement, agreement
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+class TestTorchVsCReferenceCUDA:
+    @pytest.mark.parametrize("chunk", CHUNKS, ids=lambda s: f"cases{s.start}-{s.stop - 1}")
+    def test_random_cases_agree_on_cuda(self, chunk):
+        _check_random("cuda", chunk)
+
+    @pytest.mark.parametrize("path", _recorded("alexeyab-O2") + _recorded("pjreddie"))
+    def test_recorded_case_agrees_on_cuda(self, path):
+        assert path is not None
+        case = load_case(path)
+        assert torch_agreement(case, case.output, case.delta, case.stats, None, "cuda")
+
+
+def teardown_module(module):
+    for device, (abs_err, rel_err) in sorted(MAXIMA.items()):
+        print(f"\ntorch on {device} vs reference: max abs error {abs_err:.3g}, max rel error {rel_err:.3g}")

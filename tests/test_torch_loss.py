@@ -1,0 +1,156 @@
+"""DarknetYoloLoss: darknet's -delta through autograd, several heads, targets, layouts."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from parity.agreement import within
+from parity.config import parse_cfg
+from parity.errors import InputError
+from parity.generate import random_case, random_config
+from parity.reference import run_reference
+from parity.torch import DarknetYoloLoss, darknet_yolo_cost, rows_from_targets, targets_from_rows, yolo_forward
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cfg"
+
+
+def _case(seed: int = 5, flavor: str = "alexeyab"):
+    config = random_config(np.random.default_rng([11, seed]), flavor)
+    return random_case(seed, config, flavor=flavor)
+
+
+class TestAutogradContract:
+    @pytest.mark.parametrize("seed", range(6))
+    def test_grad_is_exactly_minus_delta(self, seed):
+        case = _case(seed)
+        head = torch.from_numpy(case.input).requires_grad_()
+        loss = DarknetYoloLoss(case.config)(head, torch.from_numpy(case.truth))
+        loss.backward()
+        _, delta, stats = yolo_forward(torch.from_numpy(case.input), torch.from_numpy(case.truth), case.config)
+        assert torch.equal(head.grad, -delta)
+        assert loss.item() == stats["cost"].item()
+
+    def test_grad_matches_c_reference_delta(self):
+        case = _case(8)
+        head = torch.from_numpy(case.input).requires_grad_()
+        DarknetYoloLoss(case.config)(head, torch.from_numpy(case.truth)).backward()
+        ref = run_reference(case.config, case.input, case.truth)
+        assert within(-head.grad.numpy(), ref.delta).all()
+        assert ((head.grad.numpy() != 0) == (ref.delta != 0)).all()
+
+    def test_grad_scales_with_upstream_gradient(self):
+        # d(k*loss)/d head = -k*delta: the Function honours grad_output.
+        case = _case(3)
+        head = torch.from_numpy(case.input).requires_grad_()
+        (3.0 * DarknetYoloLoss(case.config)(head, torch.from_numpy(case.truth))).backward()
+        _, delta, _ = yolo_forward(torch.from_numpy(case.input), torch.from_numpy(case.truth), case.config)
+        torch.testing.assert_close(head.grad, -3.0 * delta)
+
+    def test_value_is_darknet_cost_not_the_objective(self):
+        # With mse the reported cost is |delta|^2; were it the objective, its gradient would
+        # be -2*delta*(d delta/d head), not the -delta darknet applies.
+        case = _case(2)
+        config = case.config.replace(iou_loss="mse")
+        cost, delta, _ = darknet_yolo_cost(torch.from_numpy(case.input).requires_grad_(),
+                                           torch.from_numpy(case.truth), config)
+        assert cost.requires_grad and not delta.requires_grad
+        assert cost.item() == pytest.approx(float((delta.double() ** 2).sum()), rel=1e-5)
+
+    def test_delta_normalizer_scales_gradient_only_when_asked(self):
+        case = _case(4)
+        config = case.config.replace(delta_normalizer=0.25)
+        g = []
+        for flag in (False, True):
+            head = torch.from_numpy(case.input).requires_grad_()
+            DarknetYoloLoss(config, delta_normalizer=flag)(head, torch.from_numpy(case.truth)).backward()
+            g.append(head.grad)
+        torch.testing.assert_close(g[1], 0.25 * g[0])
+
+
+def _small_cfg(name: str, size: int) -> str:
+    text = (FIXTURES / name).read_text()
+    text = re.sub(r"(?m)^\s*width\s*=.*$", f"width={size}", text)
+    return re.sub(r"(?m)^\s*height\s*=.*$", f"height={size}", text)
+
+
+class TestSeveralHeads:
+    def test_yolov4_three_heads_each_with_its_own_config(self):
+        text = _small_cfg("yolov4.cfg", 128)
+        net = parse_cfg(text)
+        layers = net.yolo_layers
+        assert [(l.grid_w, l.grid_h) for l in layers] == [(16, 16), (8, 8), (4, 4)]
+        assert [l.config.scale_x_y for l in layers] == pytest.approx([1.2, 1.1, 1.05])
+        rng = np.random.default_rng(0)
+        heads = [torch.from_numpy(rng.normal(0, 2, (2, l.config.channels, l.grid_h, l.grid_w)).astype(np.float32))
+                 .requires_grad_() for l in layers]
+        rows = torch.tensor([[0, 3, 0.3, 0.4, 0.2, 0.3], [0, 7, 0.7, 0.2, 0.6, 0.5], [1, 1, 0.5, 0.5, 0.05, 0.04]])
+        loss_fn = DarknetYoloLoss(text)
+        loss = loss_fn(heads, rows)
+        loss.backward()
+        truth = targets_from_rows(rows, 2, 200).numpy()
+        total = 0.0
+        for head, layer in zip(heads, layers):
+            ref = run_reference(layer.config, head.detach().numpy(), truth)
+            assert within(-head.grad.numpy(), ref.delta).all()
+            assert ((head.grad.numpy() != 0) == (ref.delta != 0)).all()
+            total += ref.stats["cost"]
+        assert loss.item() == pytest.approx(total, rel=1e-5)
+        assert len(loss_fn.last_stats) == 3
+
+    def test_wrong_number_of_heads_is_refused(self):
+        loss_fn = DarknetYoloLoss(_small_cfg("yolov4.cfg", 128))
+        with pytest.raises(InputError, match="2 head outputs for 3"):
+            loss_fn([torch.zeros(1, 255, 16, 16), torch.zeros(1, 255, 8, 8)], torch.zeros(0, 6))
+
+
+class TestTargets:
+    def test_rows_to_darknet_truth(self):
+        rows = torch.tensor([[1, 4, 0.1, 0.2, 0.3, 0.4], [0, 2, 0.5, 0.6, 0.7, 0.8], [1, 0, 0.9, 0.8, 0.1, 0.1]])
+        truth = targets_from_rows(rows, 2, 3)
+        # image 0: its one box; image 1: its two boxes in row order; x, y, w, h, class, track 0
+        expected = torch.zeros(2, 3, 6)
+        expected[0, 0] = torch.tensor([0.5, 0.6, 0.7, 0.8, 2, 0])
+        expected[1, 0] = torch.tensor([0.1, 0.2, 0.3, 0.4, 4, 0])
+        expected[1, 1] = torch.tensor([0.9, 0.8, 0.1, 0.1, 0, 0])
+        torch.testing.assert_close(truth, expected)
+        back = rows_from_targets(truth)
+        torch.testing.assert_close(back[torch.argsort(back[:, 0], stable=True)], rows[[1, 0, 2]])
+
+    def test_more_boxes_than_max_are_dropped_with_a_warning(self):
+        rows = torch.tensor([[0, 0, 0.1 * k + 0.05, 0.5, 0.1, 0.1] for k in range(5)])
+        with pytest.warns(UserWarning, match="beyond max=3"):
+            truth = targets_from_rows(rows, 1, 3)
+        assert truth.shape == (1, 3, 6) and float(truth[0, 2, 0]) == pytest.approx(0.25)
+
+    @pytest.mark.parametrize("rows,message", [
+        (torch.zeros(3, 5), r"expected \[N, 6\]"),
+        (torch.tensor([[2.0, 0, 0.5, 0.5, 0.1, 0.1]]), r"image indices must lie in \[0, 2\)"),
+    ])
+    def test_bad_rows_are_refused(self, rows, message):
+        with pytest.raises(InputError, match=message):
+            targets_from_rows(rows, 2)
+
+
+class TestLayouts:
+    def test_bnhwc_layout_gives_the_same_loss_and_gradient(self):
+        case = _case(6)
+        cfg = case.config
+        b, _, h, w = case.input.shape
+        nchw = torch.from_numpy(case.input).requires_grad_()
+        bnhwc = torch.from_numpy(case.input).view(b, cfg.n, 5 + cfg.classes, h, w).permute(0, 1, 3, 4, 2)
+        bnhwc = bnhwc.contiguous().requires_grad_()
+        truth = torch.from_numpy(case.truth)
+        l1 = DarknetYoloLoss(cfg)(nchw, truth)
+        l2 = DarknetYoloLoss(cfg, layout="bnhwc")(bnhwc, truth)
+        l1.backward()
+        l2.backward()
+        assert l1.item() == l2.item()
+        torch.testing.assert_close(bnhwc.grad.permute(0, 1, 4, 2, 3).reshape(b, -1, h, w), nchw.grad)
+
+    def test_unknown_layout_is_refused(self):
+        with pytest.raises(InputError, match="layout"):
+            DarknetYoloLoss(_case(1).config, layout="nhwc")
