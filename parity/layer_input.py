@@ -16,10 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import FLAVORS, IOU_KINDS, THRESH_KINDS, YoloConfig
+from .config import FLAVORS, PJREDDIE_TRUTH_BOXES as PJREDDIE_MAX_BOXES, YoloConfig
 from .errors import InputError
 
-PJREDDIE_MAX_BOXES = 90
 
 
 @dataclass(frozen=True)
@@ -40,29 +39,14 @@ def check_flavor(flavor: str) -> str:
 
 
 def check_config(config: YoloConfig, flavor: str) -> None:
-    """Refuse a config the layer cannot run (hand-built configs skip the parser)."""
+    """Refuse a config the requested flavor cannot run.
+
+    ``YoloConfig`` validates itself on construction; what is left is the
+    flavor chosen at call time, which may differ from the config's own.
+    """
     if not isinstance(config, YoloConfig):
         raise InputError(f"config must be a parity.config.YoloConfig, got {type(config).__name__}")
     check_flavor(flavor)
-    if config.classes < 1 or config.num < 1 or len(config.mask) < 1:
-        raise InputError(f"config: classes={config.classes}, num={config.num} and the mask must be positive")
-    bad = [m for m in config.mask if not 0 <= m < config.num]
-    if bad:
-        raise InputError(f"config: mask entries {bad} are outside [0, num={config.num})")
-    if len(config.anchors) < 2 * config.num:
-        raise InputError(f"config: {len(config.anchors)} anchor values for num={config.num} (need {2 * config.num})")
-    if config.max_boxes < 0:
-        raise InputError(f"config: max={config.max_boxes} is negative")
-    if config.net_w < 1 or config.net_h < 1:
-        raise InputError(f"config: net size {config.net_w}x{config.net_h} must be positive")
-    if config.iou_loss not in IOU_KINDS:
-        raise InputError(f"config: iou_loss={config.iou_loss!r}: expected one of {', '.join(IOU_KINDS)}")
-    if config.iou_thresh_kind not in THRESH_KINDS:
-        raise InputError(
-            f"config: iou_thresh_kind={config.iou_thresh_kind!r}: expected one of {', '.join(THRESH_KINDS)}")
-    if config.counters_per_class is not None and len(config.counters_per_class) != config.classes:
-        raise InputError(
-            f"config: counters_per_class has {len(config.counters_per_class)} values for classes={config.classes}")
     if flavor == "pjreddie" and config.max_boxes > PJREDDIE_MAX_BOXES:
         raise InputError(
             f"config: max={config.max_boxes} > {PJREDDIE_MAX_BOXES} with the pjreddie flavor: its truth buffer "
