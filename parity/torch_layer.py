@@ -50,6 +50,16 @@ def _f32(v: float) -> float:
     return float(np.float32(v))
 
 
+def _div(t: Tensor, divisor: float) -> Tensor:
+    """``t / divisor`` with IEEE division on every device.
+
+    On CUDA, ``tensor / python_number`` multiplies by the reciprocal, which is
+    not darknet's division (1 ulp off for divisors like 7 or 608, amplified
+    by the IoU derivative's cancellations); a 0-d device tensor divides exactly.
+    """
+    return t / torch.tensor(divisor, dtype=t.dtype, device=t.device)
+
+
 def _exp_f32(v: Tensor) -> Tensor:
     """expf, correctly rounded (float64 exp, one rounding): matches glibc's expf."""
     return torch.exp(v.double()).to(v.dtype)
@@ -126,14 +136,14 @@ def _pred_boxes(L: _Layer, a: Tensor, anchor: Tensor, j: Tensor, i: Tensor, b: T
     tx, ty, tw, th = (o[b, a, e, j, i] for e in range(4))
     aw, ah = L.anchors[anchor, 0], L.anchors[anchor, 1]
     cfg = L.config
-    x = (i.to(tx.dtype) + tx) / L.W
-    y = (j.to(ty.dtype) + ty) / L.H
+    x = _div(i.to(tx.dtype) + tx, L.W)
+    y = _div(j.to(ty.dtype) + ty, L.H)
     if L.new_coords:
-        w = tw * tw * 4 * aw / cfg.net_w
-        h = th * th * 4 * ah / cfg.net_h
+        w = _div(tw * tw * 4 * aw, cfg.net_w)
+        h = _div(th * th * 4 * ah, cfg.net_h)
     else:
-        w = (torch.exp(tw.double()) * aw.double() / cfg.net_w).to(tx.dtype)
-        h = (torch.exp(th.double()) * ah.double() / cfg.net_h).to(tx.dtype)
+        w = _div(torch.exp(tw.double()) * aw.double(), cfg.net_w).to(tx.dtype)
+        h = _div(torch.exp(th.double()) * ah.double(), cfg.net_h).to(tx.dtype)
     return Boxes(x, y, w, h)
 
 
@@ -146,14 +156,14 @@ def _grid_pred_boxes(L: _Layer) -> Boxes:
     aw = L.anchors[L.mask, 0].view(1, L.n, 1, 1)
     ah = L.anchors[L.mask, 1].view(1, L.n, 1, 1)
     tx, ty, tw, th = o[:, :, 0], o[:, :, 1], o[:, :, 2], o[:, :, 3]
-    x = (i + tx) / L.W
-    y = (j + ty) / L.H
+    x = _div(i + tx, L.W)
+    y = _div(j + ty, L.H)
     if L.new_coords:
-        w = tw * tw * 4 * aw / cfg.net_w
-        h = th * th * 4 * ah / cfg.net_h
+        w = _div(tw * tw * 4 * aw, cfg.net_w)
+        h = _div(th * th * 4 * ah, cfg.net_h)
     else:
-        w = (torch.exp(tw.double()) * aw.double() / cfg.net_w).to(dt)
-        h = (torch.exp(th.double()) * ah.double() / cfg.net_h).to(dt)
+        w = _div(torch.exp(tw.double()) * aw.double(), cfg.net_w).to(dt)
+        h = _div(torch.exp(th.double()) * ah.double(), cfg.net_h).to(dt)
     return Boxes(x, y, w, h)
 
 
@@ -336,8 +346,8 @@ def _assignments(L: _Layer, tr: _Truths) -> _Assignments:
     i = (box.x * L.W).trunc().to(torch.long)
     j = (box.y * L.H).trunc().to(torch.long)
     shape = Boxes(torch.zeros_like(box.w), torch.zeros_like(box.w), box.w, box.h)
-    anchor_w = L.anchors[:, 0] / cfg.net_w
-    anchor_h = L.anchors[:, 1] / cfg.net_h
+    anchor_w = _div(L.anchors[:, 0], cfg.net_w)
+    anchor_h = _div(L.anchors[:, 1], cfg.net_h)
     zeros = torch.zeros_like(anchor_w)
     anchors = Boxes(zeros, zeros, anchor_w, anchor_h)
     iou = box_iou(Boxes(*(c[None, :] for c in anchors)), Boxes(*(c[:, None] for c in shape)),
