@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 DEBIAN_LIB := /usr/lib/darknet/libdarknet.so
 STAMP := .make/installed
 
-.PHONY: install build darknet-lib test parity clean
+.PHONY: install build darknet-lib test parity bench clean
 
 # Install the package (editable) with its test extras; torch is pinned in pyproject.
 $(STAMP): pyproject.toml
@@ -33,3 +33,7 @@ parity: build darknet-lib
 
 clean:
 	rm -rf .make build *.egg-info .pytest_cache
+
+# Speed of the C reference and the PyTorch port on YOLOv4 608 (not a test).
+bench: build
+	$(PYTHON) benchmarks/bench_yolov4.py --json out/bench.json

@@ -53,17 +53,23 @@ class VerifyReference(Command):
                             help="flavor of the library (Debian's package is pjreddie)")
         parser.add_argument("--darknet-lib", metavar="PATH", help=f"libdarknet.so (default {DEBIAN_LIB})")
         parser.add_argument("--darknet-include", metavar="DIR", help="folder with its darknet.h")
+        parser.add_argument("--verbose", action="store_true", help="list every case, not only mismatches")
 
     def run(self, args: argparse.Namespace) -> int:
         ok = True
         recorded = Path(args.recorded) if args.recorded else shared_recorded_dir()
-        sources = [p for p in (recorded, FIXTURES_DIR) if p is not None and p.is_dir() and any(p.rglob("*.npz"))]
-        if sources:
-            results = list(replay_paths(sources))
-            print(agreement_table(results, f"C reference vs recorded real darknet ({', '.join(map(str, sources))})"))
-            ok &= all(r or r.skipped for r in results)
-        else:
+        groups = sorted({p.parent for root in (recorded, FIXTURES_DIR) if root is not None and root.is_dir()
+                         for p in root.rglob("*.npz")})
+        if not groups:
             print("recorded dev set: skipped (no ../shared/recorded; set DARKNET_PARITY_RECORDED)")
+        for folder in groups:
+            results = list(replay_paths([folder]))
+            shown = results if args.verbose else [r for r in results if not (r or r.skipped)]
+            print(f"\nC reference vs recordings in {folder}:")
+            if shown:
+                print(agreement_table(shown, "cases" if args.verbose else "mismatches"))
+            print(totals_line(results))
+            ok &= all(r or r.skipped for r in results)
         lib = args.darknet_lib or DEBIAN_LIB
         if args.libdarknet_cases <= 0:
             print("libdarknet: skipped (--libdarknet-cases 0)")
