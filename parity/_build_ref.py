@@ -31,7 +31,8 @@ HEADERS = ("yolo_ref.h", "ref_box.h", "ref_layer.h")
 # Strict IEEE float32: darknet's -O2 build is the semantics we reproduce.
 CFLAGS = ["-std=c99", "-O2", "-fno-fast-math", "-ffp-contract=off", "-fno-strict-aliasing"]
 
-CDEF = """
+# The layer config struct, shared with the libdarknet shim's cdef.
+CONFIG_CDEF = """
 typedef struct yref_config {
     int flavor;
     int batch, w, h;
@@ -50,7 +51,9 @@ typedef struct yref_config {
     int new_coords, objectness_smooth, focal_loss, show_details;
     float label_smooth_eps, max_delta;
 } yref_config;
+"""
 
+CDEF = CONFIG_CDEF + """
 typedef struct yref_stats {
     float cost;
     int count;

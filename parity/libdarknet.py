@@ -46,7 +46,8 @@ from .config import YoloConfig
 from .errors import BuildError, InputError, ParityError
 from .layer_input import check_flavor, check_layer_input
 from .native import load_cached
-from .reference import ReferenceResult, fill_layer_struct
+from ._build_ref import CONFIG_CDEF, REF_DIR
+from .reference import FLAVOR_CODES, ReferenceResult, fill_layer_struct
 
 DEFAULT_LIB = Path("/usr/lib/darknet/libdarknet.so")
 DEFAULT_INCLUDE = Path("/usr/lib/darknet/include")
@@ -57,24 +58,7 @@ MODULE_NAME = "_darknet_shim"
 # The shim does no arithmetic of its own; gnu99 for dladdr and darknet.h.
 CFLAGS = ["-std=gnu99", "-O2", "-fno-strict-aliasing", "-Wno-unused-function"]
 
-CDEF = """
-typedef struct dps_config {
-    int batch, w, h;
-    int n, total, classes;
-    int max_boxes;
-    int truth_rows, truth_cols;
-    int net_w, net_h;
-    const int *mask;
-    const float *biases;
-    const float *classes_multipliers;
-    float ignore_thresh, truth_thresh, iou_thresh;
-    int iou_thresh_kind, iou_loss;
-    float iou_normalizer, obj_normalizer, cls_normalizer, delta_normalizer;
-    float scale_x_y;
-    int new_coords, objectness_smooth, focal_loss, show_details;
-    float label_smooth_eps, max_delta;
-} dps_config;
-
+CDEF = CONFIG_CDEF + """
 typedef struct dps_result {
     float cost;
     int total_bbox, rewritten_bbox;
@@ -84,7 +68,7 @@ typedef struct dps_result {
 int dps_alexeyab(void);
 int dps_library_path(char *buf, int cap);
 int dps_library_has_gpu(void);
-int dps_forward(const dps_config *cfg, const float *input, const float *truth,
+int dps_forward(const yref_config *cfg, const float *input, const float *truth,
                 float *output, float *delta, dps_result *result, int quiet);
 """
 
@@ -213,8 +197,8 @@ def shim_key(library: DarknetLibrary) -> str:
         h.update(part.encode() + b"\0")
     h.update(library.header.read_bytes())
     src = shim_dir()
-    for name in (SHIM_SOURCE, SHIM_HEADER):
-        h.update((src / name).read_bytes())
+    for path in (src / SHIM_SOURCE, src / SHIM_HEADER, REF_DIR / "yolo_ref.h"):
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -229,7 +213,7 @@ def make_shim_builder(library: DarknetLibrary) -> Callable[[str], cffi.FFI]:
             module_name,
             f'#include "{SHIM_HEADER}"\n',
             sources=[os.fspath(src / SHIM_SOURCE)],
-            include_dirs=[os.fspath(src), os.fspath(library.include_dir)],
+            include_dirs=[os.fspath(src), os.fspath(REF_DIR), os.fspath(library.include_dir)],
             define_macros=[("DPS_ALEXEYAB", "1" if library.flavor == "alexeyab" else "0")],
             extra_compile_args=CFLAGS,
             # The full path (these libraries carry no SONAME) binds this shim to this very
@@ -275,10 +259,10 @@ def load_shim(library: DarknetLibrary) -> ModuleType:
 
 def _shim_config(ffi: Any, config: YoloConfig, flavor: str, shape: Any, truth: np.ndarray,
                  keep: list[Any]) -> Any:
-    """A dps_config with the same layer fields the C reference gets, plus delta_normalizer."""
-    c = ffi.new("dps_config *")
+    """The C reference's own config struct: the shim reads the same fields."""
+    c = ffi.new("yref_config *")
+    c.flavor = FLAVOR_CODES[flavor]
     fill_layer_struct(ffi, c, config, flavor, shape, truth, keep)
-    c.delta_normalizer = config.delta_normalizer
     return c
 
 

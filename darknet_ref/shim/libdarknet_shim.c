@@ -156,7 +156,7 @@ static int quiet_begin(quiet_fds *q)
  * Checking what darknet will index with.
  */
 
-static int check_sizes(const dps_config *c)
+static int check_sizes(const yref_config *c)
 {
     long long outputs, per_image_truths;
     if (c->batch < 1 || c->w < 1 || c->h < 1 || c->n < 1 || c->total < 1 || c->classes < 1 ||
@@ -174,14 +174,17 @@ static int check_sizes(const dps_config *c)
     return DPS_OK;
 }
 
-static int check_options(const dps_config *c)
+static int check_options(const yref_config *c)
 {
     int k;
+    /* The header decided the flavor at compile time; the config must agree. */
+    if (c->flavor != (DPS_ALEXEYAB ? YREF_ALEXEYAB : YREF_PJREDDIE))
+        return DPS_ERR_OPTION;
     for (k = 0; k < c->n; ++k)
         if (c->mask[k] < 0 || c->mask[k] >= c->total)
             return DPS_ERR_MASK;
-    if (c->iou_loss < DPS_LOSS_MSE || c->iou_loss > DPS_LOSS_CIOU ||
-        c->iou_thresh_kind < DPS_LOSS_IOU || c->iou_thresh_kind > DPS_LOSS_CIOU)
+    if (c->iou_loss < YREF_LOSS_MSE || c->iou_loss > YREF_LOSS_CIOU ||
+        c->iou_thresh_kind < YREF_LOSS_IOU || c->iou_thresh_kind > YREF_LOSS_CIOU)
         return DPS_ERR_OPTION;
     return DPS_OK;
 }
@@ -208,7 +211,7 @@ static int centre_in_grid(float x, float y, int w, int h)
  * negative size; rows darknet uses must index inside the grid and (pjreddie,
  * which never checks) inside the class block.
  */
-static int check_truths(const dps_config *c, const float *truth, dps_result *r)
+static int check_truths(const yref_config *c, const float *truth, dps_result *r)
 {
     const int limit = c->max_boxes < c->truth_rows ? c->max_boxes : c->truth_rows;
     int b, t;
@@ -245,16 +248,16 @@ static int check_truths(const dps_config *c, const float *truth, dps_result *r)
 static IOU_LOSS iou_kind(int code)
 {
     switch (code) {
-    case DPS_LOSS_MSE: return MSE;
-    case DPS_LOSS_GIOU: return GIOU;
-    case DPS_LOSS_DIOU: return DIOU;
-    case DPS_LOSS_CIOU: return CIOU;
+    case YREF_LOSS_MSE: return MSE;
+    case YREF_LOSS_GIOU: return GIOU;
+    case YREF_LOSS_DIOU: return DIOU;
+    case YREF_LOSS_CIOU: return CIOU;
     default: return IOU;
     }
 }
 
 /* parse_yolo's option reads, after make_yolo_layer (max_boxes is an argument). */
-static int set_options(layer *l, const dps_config *c)
+static int set_options(layer *l, const yref_config *c)
 {
     l->show_details = c->show_details;
     l->max_delta = c->max_delta;
@@ -272,7 +275,6 @@ static int set_options(layer *l, const dps_config *c)
     l->iou_normalizer = c->iou_normalizer;
     l->obj_normalizer = c->obj_normalizer;
     l->cls_normalizer = c->cls_normalizer;
-    l->delta_normalizer = c->delta_normalizer;
     l->iou_loss = iou_kind(c->iou_loss);
     l->iou_thresh_kind = iou_kind(c->iou_thresh_kind);
     l->focal_loss = c->focal_loss;
@@ -287,7 +289,7 @@ static int truth_stride(const layer *l)
     return l->truth_size;
 }
 #else
-static int set_options(layer *l, const dps_config *c)
+static int set_options(layer *l, const yref_config *c)
 {
     l->max_boxes = c->max_boxes;
     l->ignore_thresh = c->ignore_thresh;
@@ -302,7 +304,7 @@ static int truth_stride(const layer *l)
 }
 #endif
 
-static layer make_layer(const dps_config *c, int *mask)
+static layer make_layer(const yref_config *c, int *mask)
 {
 #if DPS_ALEXEYAB
     return make_yolo_layer(c->batch, c->w, c->h, c->n, c->total, mask, c->classes, c->max_boxes);
@@ -312,7 +314,7 @@ static layer make_layer(const dps_config *c, int *mask)
 }
 
 /* Does the layer the library returned look like the one the header describes? */
-static int layout_ok(const layer *l, const dps_config *c, const int *mask)
+static int layout_ok(const layer *l, const yref_config *c, const int *mask)
 {
     const int outputs = c->w * c->h * c->n * (5 + c->classes);
     return l->type == YOLO && l->batch == c->batch && l->w == c->w && l->h == c->h &&
@@ -333,7 +335,7 @@ static void release_layer(layer l, int *mask)
 
 /* darknet's truth buffer: batch * l.truths floats, rows at the library's
  * stride, zero padded (a zero x ends an image's list). */
-static float *make_truth_buffer(const layer *l, const dps_config *c, const float *truth)
+static float *make_truth_buffer(const layer *l, const yref_config *c, const float *truth)
 {
     const int stride = truth_stride(l);
     const int rows = c->max_boxes < c->truth_rows ? c->max_boxes : c->truth_rows;
@@ -354,7 +356,7 @@ static float *make_truth_buffer(const layer *l, const dps_config *c, const float
  */
 
 #if DPS_ALEXEYAB
-static void run_forward(const layer *l, const dps_config *c, const float *input, float *truth,
+static void run_forward(const layer *l, const yref_config *c, const float *input, float *truth,
                         dps_result *r)
 {
     float zero_rolling[4] = {0, 0, 0, 0};
@@ -381,7 +383,7 @@ static void run_forward(const layer *l, const dps_config *c, const float *input,
     forward_yolo_layer(*l, state);
 }
 #else
-static void run_forward(const layer *l, const dps_config *c, const float *input, float *truth,
+static void run_forward(const layer *l, const yref_config *c, const float *input, float *truth,
                         dps_result *r)
 {
     network net;
@@ -398,7 +400,7 @@ static void run_forward(const layer *l, const dps_config *c, const float *input,
 }
 #endif
 
-static int check_config(const dps_config *c, const float *input, const float *truth,
+static int check_config(const yref_config *c, const float *input, const float *truth,
                         float *output, float *delta, dps_result *r)
 {
     int status;
@@ -414,7 +416,7 @@ static int check_config(const dps_config *c, const float *input, const float *tr
 }
 
 /* make, set, check, run, copy out; the caller holds the quiet fds. */
-static int forward_quiet(const dps_config *c, const float *input, const float *truth, int *mask,
+static int forward_quiet(const yref_config *c, const float *input, const float *truth, int *mask,
                          float *output, float *delta, dps_result *r)
 {
     const size_t count = (size_t)c->batch * c->w * c->h * c->n * (5 + c->classes);
@@ -443,7 +445,7 @@ static int forward_quiet(const dps_config *c, const float *input, const float *t
     return status;
 }
 
-int dps_forward(const dps_config *cfg, const float *input, const float *truth,
+int dps_forward(const yref_config *cfg, const float *input, const float *truth,
                 float *output, float *delta, dps_result *result, int quiet)
 {
     quiet_fds q = {{-1, -1}, 0};

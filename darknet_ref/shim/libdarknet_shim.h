@@ -22,29 +22,9 @@
 #define DPS_ERR_TRUTH_CELL 10   /* a used truth centre maps outside the grid */
 #define DPS_ERR_CLASS_ID 11     /* pjreddie: a class id outside [0, classes) */
 
-/* Our option codes for iou_loss / iou_thresh_kind (not darknet's enum). */
-#define DPS_LOSS_MSE 0
-#define DPS_LOSS_IOU 1
-#define DPS_LOSS_GIOU 2
-#define DPS_LOSS_DIOU 3
-#define DPS_LOSS_CIOU 4
-
-typedef struct dps_config {
-    int batch, w, h;            /* images, grid width, grid height */
-    int n, total, classes;      /* anchors in mask, anchors listed, classes */
-    int max_boxes;
-    int truth_rows, truth_cols; /* layout of the caller's truth array (cols 5 or 6) */
-    int net_w, net_h;
-    const int *mask;            /* n entries */
-    const float *biases;        /* 2*total anchor sizes in pixels */
-    const float *classes_multipliers; /* classes entries, or NULL (AlexeyAB only) */
-    float ignore_thresh, truth_thresh, iou_thresh;
-    int iou_thresh_kind, iou_loss;    /* DPS_LOSS_* */
-    float iou_normalizer, obj_normalizer, cls_normalizer, delta_normalizer;
-    float scale_x_y;
-    int new_coords, objectness_smooth, focal_loss, show_details;
-    float label_smooth_eps, max_delta;
-} dps_config;
+/* The layer's options travel in the C reference's own struct (yref_config,
+ * with its YREF_LOSS_* codes); its flavor field must match the header's. */
+#include "yolo_ref.h"
 
 typedef struct dps_result {
     float cost;                 /* *l.cost after the forward pass */
@@ -68,7 +48,7 @@ int dps_library_has_gpu(void);
  * output and delta (batch*n*(5+classes)*h*w floats each). With quiet set,
  * fds 1 and 2 point at /dev/null during the library calls.
  */
-int dps_forward(const dps_config *cfg, const float *input, const float *truth,
+int dps_forward(const yref_config *cfg, const float *input, const float *truth,
                 float *output, float *delta, dps_result *result, int quiet);
 
 #endif
