@@ -19,6 +19,8 @@ from parity.case import load_case
 from parity.reference import run_reference
 from parity.replay import ofast_nonfinite, shared_recorded_dir
 
+from measured import record
+
 RECORDED = shared_recorded_dir()
 SUBSETS = ("alexeyab-O2", "alexeyab", "pjreddie")
 
@@ -40,17 +42,12 @@ def _params(subset: str) -> list:
     return [pytest.param(None, id=f"{subset}-missing", marks=pytest.mark.skip(reason=reason))]
 
 
-MAXIMA: dict[str, list[float]] = {}
-
-
 def _replay(path: Path | None):
     assert path is not None, "recorded dev set missing"
     case = load_case(path)
     res = run_reference(case.config, case.input, case.truth, flavor=case.flavor)
     agreement = compare_runs(path.name, case.output, case.delta, case.stats, res.output, res.delta, res.stats)
-    subset = path.parent.name
-    MAXIMA.setdefault(subset, [0.0, 0.0])
-    MAXIMA[subset] = [max(MAXIMA[subset][0], agreement.max_abs), max(MAXIMA[subset][1], agreement.max_rel)]
+    record(f"C reference vs recorded {path.parent.name}", agreement.max_abs, agreement.max_rel)
     return case, res, agreement
 
 
@@ -101,8 +98,3 @@ def test_tolerance_rule_is_not_vacuous():
     assert not within(np.array([1.001, 0.0, np.nan], dtype=np.float32), ref).all()
     assert within(np.array([1.00005, 0.0, np.nan], dtype=np.float32), ref).all()
     assert not within(np.array([1.0, 0.0, 0.0], dtype=np.float32), ref)[2]
-
-
-def teardown_module(module):
-    for subset, (abs_err, rel_err) in sorted(MAXIMA.items()):
-        print(f"\nrecorded {subset}: max abs error {abs_err:.3g}, max rel error {rel_err:.3g}")

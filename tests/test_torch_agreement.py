@@ -23,11 +23,13 @@ from parity.reference import run_reference
 from parity.replay import ofast_nonfinite, shared_recorded_dir
 from parity.torch import yolo_forward
 
+from measured import record
+
 RANDOM_CASES = 2000
-MAXIMA: dict[str, list[float]] = {}
 
 
-def torch_agreement(case: Case, ref_output, ref_delta, ref_stats, ref_roles, device: str) -> Agreement:
+def torch_agreement(case: Case, ref_output, ref_delta, ref_stats, ref_roles, device: str,
+                    label: str) -> Agreement:
     out, delta, stats = yolo_forward(torch.from_numpy(case.input).to(device), torch.from_numpy(case.truth).to(device),
                                      case.config, case.flavor)
     scalars = {k: v.item() for k, v in stats.items() if torch.is_tensor(v) and v.dim() == 0}
@@ -35,9 +37,7 @@ def torch_agreement(case: Case, ref_output, ref_delta, ref_stats, ref_roles, dev
                              scalars)
     if ref_roles is not None:
         agreement.decision_mismatches += int((stats["roles"].cpu().numpy() != ref_roles).sum())
-    key = f"{device}"
-    m = MAXIMA.setdefault(key, [0.0, 0.0])
-    MAXIMA[key] = [max(m[0], agreement.max_abs), max(m[1], agreement.max_rel)]
+    record(f"PyTorch on {device} vs {label}", agreement.max_abs, agreement.max_rel)
     return agreement
 
 
@@ -56,7 +56,8 @@ def _check_random(device: str, chunk: slice) -> None:
     failures = []
     for case in random_cases()[chunk]:
         ref = run_reference(case.config, case.input, case.truth, flavor=case.flavor)
-        agreement = torch_agreement(case, ref.output, ref.delta, ref.stats, ref.roles, device)
+        agreement = torch_agreement(case, ref.output, ref.delta, ref.stats, ref.roles, device,
+                                    "C reference (random cases)")
         if not agreement:
             failures.append(f"{case.meta['generator']}: {agreement.decision_mismatches} decisions, "
                             f"{agreement.value_mismatches} values, stats {agreement.stats_mismatches}")
@@ -103,7 +104,8 @@ class TestTorchVsRecordedDarknet:
         if ofast_nonfinite(case):
             assert (path.parent.parent / "alexeyab-O2" / path.name).exists()  # its -O2 twin is compared
             return
-        agreement = torch_agreement(case, case.output, case.delta, case.stats, None, "cpu")
+        agreement = torch_agreement(case, case.output, case.delta, case.stats, None, "cpu",
+                                    f"recorded {path.parent.name}")
         assert agreement, agreement
 
 
@@ -117,9 +119,5 @@ class TestTorchVsCReferenceCUDA:
     def test_recorded_case_agrees_on_cuda(self, path):
         assert path is not None
         case = load_case(path)
-        assert torch_agreement(case, case.output, case.delta, case.stats, None, "cuda")
+        assert torch_agreement(case, case.output, case.delta, case.stats, None, "cuda", f"recorded {path.parent.name}")
 
-
-def teardown_module(module):
-    for device, (abs_err, rel_err) in sorted(MAXIMA.items()):
-        print(f"\ntorch on {device} vs reference: max abs error {abs_err:.3g}, max rel error {rel_err:.3g}")
