@@ -574,7 +574,8 @@ def _cost(L: _Layer, stats: dict[str, Tensor]) -> None:
 
 
 def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str | None = None, *,
-                 delta_normalizer: bool = False) -> tuple[Tensor, Tensor, dict[str, Any]]:
+                 delta_normalizer: bool = False,
+                 dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """darknet's [yolo] training forward pass on torch tensors.
 
     Args:
@@ -584,6 +585,9 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
         config: the layer's options, as ``load_case(...).config``.
         flavor: ``"alexeyab"`` or ``"pjreddie"``; defaults to ``config.flavor``.
         delta_normalizer: scale delta by ``config.delta_normalizer`` as darknet's GPU backward does.
+        dtype: ``torch.float32`` (darknet's precision, the default) or ``torch.float64``: the
+            same formulas and decisions computed in double, to tell which of two float32
+            results is closer to the exact value.
 
     Returns:
         ``(output, delta, stats)``: float32 tensors in darknet's layout and a dict of 0-d
@@ -603,7 +607,9 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
                          f"(n*(5+classes) = {config.n}*(5+{config.classes}))")
     if truth.dim() != 3 or truth.shape[0] != input.shape[0] or truth.shape[2] not in (5, 6):
         raise InputError(f"truth: shape {tuple(truth.shape)}, expected [{input.shape[0]}, rows, 6 or 5]")
-    x = input.detach().to(torch.float32)
+    if dtype not in (torch.float32, torch.float64):
+        raise InputError(f"dtype {dtype}: expected torch.float32 (darknet's) or torch.float64")
+    x = input.detach().to(dtype)
     B, _, H, W = x.shape
     n, C = config.n, config.classes
     E = 5 + C
@@ -615,16 +621,17 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
         config, flavor, B, n, C, H, W,
         output.view(B, n, E, H, W), delta.view(B, n, E, H, W),
         torch.zeros(B, n, H, W, dtype=torch.int32, device=dev),
-        torch.tensor(np.asarray(config.anchors[: 2 * config.num], dtype=np.float32).reshape(-1, 2), device=dev),
+        torch.tensor(np.asarray(config.anchors[: 2 * config.num], dtype=np.float32).reshape(-1, 2),
+                     device=dev).to(dtype),
         torch.tensor(config.mask, dtype=torch.long, device=dev),
-        torch.tensor(mult_np, device=dev) if mult_np is not None else None,
+        torch.tensor(mult_np, device=dev).to(dtype) if mult_np is not None else None,
     )
-    zero = torch.zeros((), dtype=torch.float32, device=dev)
+    zero = torch.zeros((), dtype=dtype, device=dev)
     izero = torch.zeros((), dtype=torch.long, device=dev)
     stats: dict[str, Any] = {"tot_iou": zero, "tot_iou_loss": zero, "tot_giou_loss": zero,
                              "assigned": izero, "rewritten_bbox": izero, "total_bbox": izero}
     _activate(L)
-    tr = _read_truths(L, truth.detach().to(device=dev, dtype=torch.float32))
+    tr = _read_truths(L, truth.detach().to(device=dev, dtype=dtype))
     _check_cells(L, tr)
     _cell_pass(L, tr, stats)
     _truth_pass(L, tr, stats)

@@ -1,0 +1,308 @@
+"""Running a candidate against the reference over many cases: the harness's orchestration.
+
+A suite is a list of case descriptors (a profile and an index, a real cfg, or
+a recorded file) that any process can turn back into the same case, so
+``--jobs`` workers and ``--shard I/N`` CI jobs need nothing but the
+descriptors and the options. Each case gives one ``CaseDiff``; the suite adds
+branch coverage (which darknet branches the reference took, per profile) and
+fails when a branch a profile's configs enable is never hit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .case import Case, load_case
+from .diff import CaseDiff, ToleranceRule, diff_case, load_tolerances
+from .errors import ParityError
+
+SCHEMA = "darknet-parity/suite-result/1"
+
+
+@dataclass(frozen=True)
+class CaseRef:
+    """How to rebuild one case: ``kind`` is "profile", "cfg" or "file"."""
+
+    kind: str
+    source: str          # profile name, cfg path or case file path
+    index: int = 0       # case number within the profile/cfg sweep
+    seed: int = 0
+    count: int = 1       # the sweep's size (cfg cases are generated as a sweep)
+
+    @property
+    def id(self) -> str:
+        if self.kind == "file":
+            return self.source
+        return f"{self.source}#{self.index}"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything a worker needs besides the case: picklable, no callables."""
+
+    candidate: str = "parity"
+    convention: str | None = None
+    layout: str = "nchw"
+    device: str = "cpu"
+    reference: str = "c"
+    darknet_lib: str | None = None
+    darknet_include: str | None = None
+    tolerances: str | None = None
+    per_class: bool = False
+    top_k: int = 10
+    diagnose: bool = True
+    profiles_extra: tuple[str, ...] = ()
+
+
+def suite_refs(profiles: Sequence[str], cfgs: Sequence[str], files: Sequence[str], cases: int,
+               seed: int, profiles_extra: Sequence[str] = ()) -> list[CaseRef]:
+    """The descriptors of a suite, in a deterministic order."""
+    from .profiles import load_profiles
+    from .replay import case_paths
+
+    refs: list[CaseRef] = []
+    if profiles:
+        known = load_profiles(profiles_extra)
+        for name in profiles:
+            if name not in known:
+                raise ParityError(f"unknown profile {name!r}; known: {', '.join(sorted(known))}")
+            refs += [CaseRef("profile", name, k, seed, cases) for k in range(cases)]
+    for cfg in cfgs:
+        if not Path(cfg).is_file():
+            raise ParityError(f"{cfg}: no such cfg file")
+        refs += [CaseRef("cfg", str(cfg), k, seed, cases) for k in range(cases)]
+    refs += [CaseRef("file", str(p)) for p in case_paths(files)]
+    return refs
+
+
+def shard(refs: Sequence[CaseRef], spec: str | None) -> list[CaseRef]:
+    """``I/N`` (1 <= I <= N): every N-th case starting at the I-th; deterministic."""
+    if not spec:
+        return list(refs)
+    try:
+        i, n = (int(v) for v in spec.split("/"))
+    except ValueError:
+        raise ParityError(f"--shard {spec!r}: expected I/N with integers, e.g. 2/4") from None
+    if not 1 <= i <= n:
+        raise ParityError(f"--shard {spec!r}: I must lie in 1..N")
+    return [r for k, r in enumerate(refs) if k % n == i - 1]
+
+
+def build_case(ref: CaseRef, profiles_extra: Sequence[str] = ()) -> Case:
+    """The case a descriptor names (generated cases are deterministic in their seed)."""
+    if ref.kind == "file":
+        return load_case(ref.source)
+    from .profiles import cfg_cases, load_profiles, profile_cases
+
+    if ref.kind == "profile":
+        cases = profile_cases(load_profiles(profiles_extra)[ref.source], ref.count, ref.seed)
+    elif ref.kind == "cfg":
+        cases = cfg_cases(ref.source, ref.count, ref.seed)
+    else:
+        raise ParityError(f"unknown case kind {ref.kind!r}")
+    for k, case in enumerate(cases):
+        if k == ref.index:
+            return case
+    raise ParityError(f"{ref.id}: the sweep has fewer than {ref.index + 1} cases")
+
+
+def compare_case(case: Case, opts: RunOptions, name: str | None = None, rule: ToleranceRule | None = None,
+                 candidate: Any = None) -> CaseDiff:
+    """Reference and candidate on one case, compared term by term (and diagnosed if failing).
+
+    For a recorded case the recorded delta is the reference (darknet itself);
+    decisions and branch counts come from the C reference either way.
+    ``candidate`` (a ``parity.candidates.Candidate``) overrides ``opts.candidate``
+    for in-process callers such as the pytest plugin.
+    """
+    import torch
+
+    from .candidates import load_candidate, run_candidate
+    from .facts import slot_facts
+    from .reference import run_reference
+    from .torch import yolo_forward
+
+    name = name or case.name
+    rule = rule or load_tolerances(opts.tolerances)
+    ours = run_reference(case.config, case.input, case.truth, flavor=case.flavor)
+    if case.delta is not None:
+        ref_delta = case.delta
+    elif opts.reference == "c":
+        ref_delta = ours.delta
+    else:
+        ref_delta = run_reference(case.config, case.input, case.truth, flavor=case.flavor, backend=opts.reference,
+                                  darknet_lib=opts.darknet_lib, darknet_include=opts.darknet_include).delta
+    facts = slot_facts(case, ours.roles, rule.default.atol, rule.default.rtol)
+    if candidate is None:
+        candidate = load_candidate(opts.candidate, convention=opts.convention, layout=opts.layout,
+                                   device=opts.device)
+    try:
+        out = run_candidate(candidate, case)
+    except ParityError as exc:
+        failed = CaseDiff(name, case.flavor, tuple(case.input.shape), rule.as_dict(), branches=ours.branches,
+                          meta=dict(case.meta))
+        failed.error = str(exc)
+        return failed
+    exact = None
+    if not ((out.delta != 0) == (ref_delta != 0)).all() or not np.allclose(out.delta, ref_delta, equal_nan=True):
+        _, d64, _ = yolo_forward(torch.from_numpy(case.input), torch.from_numpy(case.truth), case.config,
+                                 case.flavor, dtype=torch.float64)
+        exact = d64.numpy()
+    result = diff_case(name, case.flavor, ref_delta, out.delta, facts, rule=rule, per_class=opts.per_class,
+                       top_k=opts.top_k, exact_delta=exact, branches=ours.branches)
+    result.meta = {k: v for k, v in case.meta.items() if isinstance(v, (str, int, float, bool, type(None)))}
+    result.meta["convention"] = out.convention
+    if "profile" in case.meta:   # coverage is required of profile sweeps only
+        from .profiles import enabled_branches
+
+        result.meta["enabled_branches"] = sorted(enabled_branches(case.config))
+    if not result.passed and opts.diagnose:
+        from .diagnosis import diagnose
+
+        result.causes = [dataclasses.asdict(c) for c in diagnose(case, ours, out.delta, facts, result)]
+    return result
+
+
+def _run_one(args: tuple[CaseRef, RunOptions]) -> CaseDiff:
+    ref, opts = args
+    try:
+        case = build_case(ref, opts.profiles_extra)
+        return compare_case(case, opts, name=ref.id)
+    except ParityError as exc:
+        broken = CaseDiff(ref.id, "", (), {})
+        broken.error = str(exc)
+        return broken
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_cases(refs: Sequence[CaseRef], opts: RunOptions, jobs: int = 1,
+              progress: Callable[[CaseDiff], None] | None = None) -> list[CaseDiff]:
+    """Every case, in order; ``jobs`` > 1 uses worker processes (spawned: torch is not fork-safe)."""
+    work = [(r, opts) for r in refs]
+    results: list[CaseDiff] = []
+    if jobs <= 1:
+        iterator: Iterable[CaseDiff] = map(_run_one, work)
+        for res in iterator:
+            results.append(res)
+            if progress:
+                progress(res)
+        return results
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(jobs, initializer=_worker_init) as pool:
+        for res in pool.imap(_run_one, work, chunksize=4):
+            results.append(res)
+            if progress:
+                progress(res)
+    return results
+
+
+@dataclass
+class SuiteResult:
+    """All case results of a run (or of merged shards) plus branch coverage."""
+
+    cases: list[CaseDiff] = field(default_factory=list)
+    coverage: dict[str, dict[str, int]] = field(default_factory=dict)      # group -> branch -> cases hitting it
+    enabled: dict[str, list[str]] = field(default_factory=dict)            # group -> branches its configs enable
+    options: dict[str, Any] = field(default_factory=dict)
+    rule: str = ""
+    seconds: float = 0.0
+    shards: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[CaseDiff]:
+        return [c for c in self.cases if not c.passed]
+
+    @property
+    def missing_branches(self) -> dict[str, list[str]]:
+        """Branches a group's configs enable that no case of the group reached."""
+        out = {}
+        for group, enabled in self.enabled.items():
+            hit = self.coverage.get(group, {})
+            missing = sorted(b for b in enabled if not hit.get(b))
+            if missing:
+                out[group] = missing
+        return out
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed and not self.missing_branches
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "passed": self.passed, "cases": [c.to_json() for c in self.cases],
+                "coverage": self.coverage, "enabled": self.enabled, "options": self.options, "rule": self.rule,
+                "seconds": self.seconds, "shards": self.shards}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(self.to_json(), indent=1, default=float))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SuiteResult":
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise ParityError(f"{path}: not a readable suite result: {exc}") from exc
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise ParityError(f"{path}: not a darknet-parity suite result (schema {SCHEMA})")
+        return cls([CaseDiff.from_json(c) for c in data["cases"]], data["coverage"], data["enabled"],
+                   data.get("options", {}), data.get("rule", ""), data.get("seconds", 0.0), data.get("shards", []))
+
+
+def group_of(ref: CaseRef) -> str:
+    """Coverage is judged per profile, per cfg, or per recorded folder."""
+    return ref.source if ref.kind != "file" else str(Path(ref.source).parent)
+
+
+def coverage(refs: Sequence[CaseRef], results: Sequence[CaseDiff]) -> tuple[dict, dict]:
+    """Per group: how many cases hit each branch, and (profiles only) which branches their configs enable."""
+    hit: dict[str, dict[str, int]] = {}
+    enabled: dict[str, set[str]] = {}
+    for ref, res in zip(refs, results):
+        group = group_of(ref)
+        counts = hit.setdefault(group, {})
+        for name, count in res.branches.items():
+            counts[name] = counts.get(name, 0) + (1 if count else 0)
+        if ref.kind == "profile":
+            enabled.setdefault(group, set()).update(res.meta.get("enabled_branches", []))
+    return hit, {g: sorted(v) for g, v in enabled.items()}
+
+
+def run_suite(refs: Sequence[CaseRef], opts: RunOptions, jobs: int = 1,
+              progress: Callable[[CaseDiff], None] | None = None, shard_spec: str | None = None) -> SuiteResult:
+    """Run ``refs`` and gather results, coverage and the rule in force."""
+    start = time.perf_counter()
+    results = run_cases(refs, opts, jobs, progress)
+    hit, enabled = coverage(refs, results)
+    rule = load_tolerances(opts.tolerances).describe()
+    return SuiteResult(results, hit, enabled, dataclasses.asdict(opts), rule, time.perf_counter() - start,
+                       [shard_spec] if shard_spec else [])
+
+
+def merge(results: Iterable[SuiteResult]) -> SuiteResult:
+    """Combine shard results into one (cases concatenated, coverage summed)."""
+    merged = SuiteResult()
+    for res in results:
+        merged.cases += res.cases
+        for group, counts in res.coverage.items():
+            into = merged.coverage.setdefault(group, {})
+            for name, count in counts.items():
+                into[name] = into.get(name, 0) + count
+        for group, names in res.enabled.items():
+            merged.enabled[group] = sorted(set(merged.enabled.get(group, [])) | set(names))
+        merged.options = merged.options or res.options
+        merged.rule = merged.rule or res.rule
+        merged.seconds += res.seconds
+        merged.shards += res.shards
+    return merged

@@ -1,0 +1,1 @@
+"""Importable ``module:callable`` candidates for tests/test_candidates.py."""
