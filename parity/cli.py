@@ -19,10 +19,16 @@ DESCRIPTION = ("Check a port of darknet's [yolo] training loss against darknet, 
 
 # name -> (module, class, one-line summary shown by --help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "run": ("parity.commands.run", "Run",
+            "check a candidate (default: the PyTorch port) against the reference over profiles, cfgs, recordings"),
     "replay": ("parity.commands.replay", "Replay",
-               "replay recorded cases (format v1) through the reference and check agreement"),
+               "check a candidate against recorded darknet cases (format v1)"),
+    "merge": ("parity.commands.merge", "Merge", "combine shard results (run --shard --json) into one report"),
     "verify-reference": ("parity.commands.verify", "VerifyReference",
                          "check the C reference against real darknet: the recorded dev set and a libdarknet"),
+    "record": ("parity.commands.record", "Record", "generate or re-record cases and write them (format v1) with a reference's results"),
+    "explain": ("parity.commands.explain", "Explain", "explain darknet's reasoning at one slot (image, anchor, cell) of a case"),
+    "shrink": ("parity.commands.shrink", "Shrink", "reduce a case a candidate fails on to a small one that still fails"),
 }
 
 

@@ -151,6 +151,7 @@ class CaseDiff:
     causes: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     error: str | None = None         # the case could not be compared (candidate failed, ...)
+    skipped: str | None = None       # not compared, and why (not a failure)
 
     @property
     def passed(self) -> bool:
@@ -222,55 +223,57 @@ def diff_case(name: str, flavor: str, ref_delta: np.ndarray, cand_delta: np.ndar
     ref = ref_delta.reshape(B, n, E, H, W)
     cand = cand_delta.reshape(B, n, E, H, W)
     term_names, term_of_entry = _term_index(C, per_class)
-    role_idx = np.broadcast_to(slot_roles(facts.roles)[:, :, None], ref.shape)
-    term_idx = np.broadcast_to(term_of_entry[None, None, :, None, None], ref.shape)
+    roles = slot_roles(facts.roles)
     border = np.broadcast_to(facts.borderline[:, :, None], ref.shape)
-
-    written_ref, written_cand = ref != 0, cand != 0
-    decision = written_ref != written_cand
-    close = np.ones(ref.shape, bool)
-    for t, term in enumerate(term_names):
-        sel = term_idx == t
-        close[sel] = rule.for_term(term).within(cand[sel], ref[sel])
-    value = ~decision & ~close
-    failing_decision = decision & ~border
-    failing_value = value & ~border
-
+    decision = (ref != 0) != (cand != 0)
+    value = np.zeros(ref.shape, bool)
     result = CaseDiff(name, flavor, tuple(ref_delta.shape), rule.as_dict(), branches=dict(branches or {}))
+    for t, term in enumerate(term_names):
+        entries = np.nonzero(term_of_entry == t)[0]
+        part = slice(int(entries[0]), int(entries[-1]) + 1)      # a term's entries are contiguous
+        tol = rule.for_term(term)
+        r, c = ref[:, :, part], cand[:, :, part]
+        value[:, :, part] = ~decision[:, :, part] & ~tol.within(c, r)
+        _fill_term(result, term, r, c, roles, decision[:, :, part], value[:, :, part], border[:, :, part])
+        failing_value = value[:, :, part] & ~border[:, :, part]
+        if failing_value.any():
+            result.needed[term] = _needed(c[failing_value], r[failing_value], tol)
+        bad = (decision[:, :, part] | value[:, :, part]) & ~border[:, :, part]
+        if bad.any():
+            result.heatmaps[term] = bad.sum(axis=(0, 1, 2)).astype(int).tolist()
+    failing_decision, failing_value = decision & ~border, value & ~border
     result.decision_mismatches = int(failing_decision.sum())
     result.value_mismatches = int(failing_value.sum())
     result.borderline = int(((decision | value) & border).sum())
-    _fill_cells(result, ref, cand, term_idx, role_idx, term_names, written_ref, decision, value, border)
-    for t, term in enumerate(term_names):
-        sel = (term_idx == t) & failing_value
-        if sel.any():
-            result.needed[term] = _needed(cand[sel], ref[sel], rule.for_term(term))
-        bad = (term_idx == t) & (failing_decision | failing_value)
-        if bad.any():
-            result.heatmaps[term] = bad.sum(axis=(0, 1, 2)).astype(int).tolist()
     result.mismatches = _first_mismatches(ref, cand, facts, failing_decision, failing_value,
                                           (decision | value) & border, term_names, term_of_entry, top_k,
                                           exact_delta.reshape(ref.shape) if exact_delta is not None else None)
     return result
 
 
-def _fill_cells(result: CaseDiff, ref, cand, term_idx, role_idx, term_names, written, decision, value,
-                border) -> None:
+def _fill_term(result: CaseDiff, term: str, ref: np.ndarray, cand: np.ndarray, roles: np.ndarray,
+               decision: np.ndarray, value: np.ndarray, border: np.ndarray) -> None:
+    """The Cells of one term: per-slot sums and maxima over its entries, grouped by role."""
     both = np.isfinite(ref) & np.isfinite(cand)
-    err = np.where(both, np.abs(cand.astype(np.float64) - ref.astype(np.float64)), 0.0)
-    rel = np.where(both & (ref != 0), err / np.where(ref != 0, np.abs(ref.astype(np.float64)), 1.0), 0.0)
+    with np.errstate(invalid="ignore"):
+        err = np.where(both, np.abs(cand.astype(np.float64) - ref), 0.0)
+        rel = np.where(both & (ref != 0), err / np.where(ref != 0, np.abs(ref.astype(np.float64)), 1.0), 0.0)
     ulp = np.where(both, ulps(cand, ref), 0)
-    for t, term in enumerate(term_names):
-        for r, role in enumerate(ROLES):
-            sel = (term_idx == t) & (role_idx == r)
-            count = int(sel.sum())
-            if count == 0:
-                continue
-            result.cells.append(Cell(
-                term, role, count, int((written & sel).sum()),
-                int((value & sel & ~border).sum()), int((decision & sel & ~border).sum()),
-                int(((decision | value) & sel & border).sum()),
-                float(err[sel].max()), float(rel[sel].max()), int(ulp[sel].max())))
+    per_slot = {
+        "written": (ref != 0).sum(axis=2), "value": (value & ~border).sum(axis=2),
+        "decision": (decision & ~border).sum(axis=2), "border": ((decision | value) & border).sum(axis=2),
+        "abs": err.max(axis=2), "rel": rel.max(axis=2), "ulps": ulp.max(axis=2),
+    }
+    width = ref.shape[2]
+    for r, role in enumerate(ROLES):
+        sel = roles == r
+        slots = int(sel.sum())
+        if slots == 0:
+            continue
+        result.cells.append(Cell(
+            term, role, slots * width, int(per_slot["written"][sel].sum()), int(per_slot["value"][sel].sum()),
+            int(per_slot["decision"][sel].sum()), int(per_slot["border"][sel].sum()),
+            float(per_slot["abs"][sel].max()), float(per_slot["rel"][sel].max()), int(per_slot["ulps"][sel].max())))
 
 
 def _first_mismatches(ref, cand, facts, failing_decision, failing_value, borderline, term_names, term_of_entry,

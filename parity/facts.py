@@ -82,45 +82,55 @@ def _iou_matrix(pred: Boxes, truth: Boxes, valid: torch.Tensor, pjreddie: bool) 
     return torch.where(valid.view(B, 1, T), iou, torch.zeros_like(iou))
 
 
-def slot_facts(case: Case, roles: np.ndarray, atol: float = 1e-5, rtol: float = 1e-4) -> SlotFacts:
+def slot_facts(case: Case, roles: np.ndarray, atol: float = 1e-5, rtol: float = 1e-4,
+               output: np.ndarray | None = None) -> SlotFacts:
     """Deciding quantities and borderline flags for every slot of ``case``.
 
-    ``roles`` are the reference's role bits; ``atol``/``rtol`` say how close
-    to its threshold a quantity must be to make the decision borderline.
+    ``roles`` are the reference's role bits and ``output`` its activated
+    output (computed here when not given); ``atol``/``rtol`` say how close to
+    its threshold a quantity must be to make the decision borderline.
     """
     from . import torch_layer as tl
 
     config, flavor = case.config, case.flavor
     x = torch.from_numpy(np.ascontiguousarray(case.input, dtype=np.float32))
     t = torch.from_numpy(np.ascontiguousarray(case.truth, dtype=np.float32))
-    output, _, stats = tl.yolo_forward(x, t, config, flavor)
+    if output is None:
+        output = tl.yolo_forward(x, t, config, flavor)[0].numpy()
     B, _, H, W = x.shape
     n, C = config.n, config.classes
-    o = output.view(B, n, 5 + C, H, W)
-    layer = tl._Layer(config, flavor, B, n, C, H, W, o, torch.zeros_like(o), torch.zeros(B, n, H, W, dtype=torch.int32),
+    o = torch.from_numpy(np.ascontiguousarray(output, dtype=np.float32)).view(B, n, 5 + C, H, W)
+    layer = tl._Layer(config, flavor, B, n, C, H, W, o, torch.zeros(0), torch.zeros(B, n, H, W, dtype=torch.int32),
                       torch.tensor(np.asarray(config.anchors, np.float32).reshape(-1, 2)),
                       torch.tensor(config.mask), None)
     pred = tl._grid_pred_boxes(layer)
     truths = tl._read_truths(layer, t)
-    T = truths.valid.shape[1]
-    if T:
-        iou = _iou_matrix(pred, truths.box, truths.valid, flavor == "pjreddie")
-        eff = torch.where(iou > 0, iou, torch.zeros_like(iou))
-        top = eff.topk(min(2, T), dim=-1)
-        best = top.values[..., 0].view(B, n, H, W).numpy()
-        best_t = top.indices[..., 0].view(B, n, H, W).numpy()
-        second = (top.values[..., 1] if T > 1 else torch.zeros_like(top.values[..., 0])).view(B, n, H, W).numpy()
-    else:
-        best = second = np.zeros((B, n, H, W), np.float32)
-        best_t = np.zeros((B, n, H, W), np.int64)
+    asg = tl._assignments(layer, truths)
+    assignments = {k: getattr(asg, k).numpy() for k in ("b", "t", "a", "anchor", "j", "i", "extra")}
+    best, second, best_t = _best_two(pred, truths, flavor == "pjreddie", (B, n, H, W))
     max_prob = o[:, :, 5:].amax(dim=2).numpy() if flavor == "alexeyab" else np.zeros((B, n, H, W), np.float32)
     valid = np.zeros(case.truth.shape[:2], bool)
-    valid[:, :T] = truths.valid.numpy()
+    valid[:, :truths.valid.shape[1]] = truths.valid.numpy()
     facts = SlotFacts(config, flavor, roles, torch.stack(list(pred), dim=-1).numpy(), best, second, best_t, max_prob,
-                      np.asarray(case.truth), valid, {k: v.numpy() for k, v in stats["assignments"].items()},
-                      np.zeros((B, n, H, W), bool))
+                      np.asarray(case.truth), valid, assignments, np.zeros((B, n, H, W), bool))
     _mark_borderline(facts, layer, truths, atol, rtol)
     return facts
+
+
+def _best_two(pred: Boxes, truths: Any, pjreddie: bool, shape: tuple[int, ...]
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best and runner-up IoU over the image's truths, and the best's index, per slot."""
+    T = truths.valid.shape[1]
+    if T == 0:
+        zeros = np.zeros(shape, np.float32)
+        return zeros, zeros.copy(), np.zeros(shape, np.int64)
+    iou = _iou_matrix(pred, truths.box, truths.valid, pjreddie)
+    eff = torch.where(iou > 0, iou, torch.zeros_like(iou))
+    top = eff.topk(min(2, T), dim=-1)
+    best = top.values[..., 0].reshape(shape).numpy()
+    best_t = top.indices[..., 0].reshape(shape).numpy()
+    second = (top.values[..., 1] if T > 1 else torch.zeros_like(top.values[..., 0])).reshape(shape).numpy()
+    return best, second, best_t
 
 
 def _flag(facts: SlotFacts, mask: np.ndarray, reason: str) -> None:

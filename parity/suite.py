@@ -14,7 +14,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -31,9 +31,9 @@ class CaseRef:
 
     kind: str
     source: str          # profile name, cfg path or case file path
-    index: int = 0       # case number within the profile/cfg sweep
+    index: int = 0       # position of the case in its sweep (sample * heads + head)
     seed: int = 0
-    count: int = 1       # the sweep's size (cfg cases are generated as a sweep)
+    count: int = 1       # samples in the sweep (each sample gives one case per head)
 
     @property
     def id(self) -> str:
@@ -60,9 +60,13 @@ class RunOptions:
     profiles_extra: tuple[str, ...] = ()
 
 
-def suite_refs(profiles: Sequence[str], cfgs: Sequence[str], files: Sequence[str], cases: int,
+def suite_refs(profiles: Sequence[str], cfgs: Sequence[str], files: Sequence[str], cases: int | None,
                seed: int, profiles_extra: Sequence[str] = ()) -> list[CaseRef]:
-    """The descriptors of a suite, in a deterministic order."""
+    """The descriptors of a suite, in a deterministic order.
+
+    ``cases`` samples per profile or cfg (None: each profile's own count, 4 per cfg).
+    """
+    from .config import load_cfg
     from .profiles import load_profiles
     from .replay import case_paths
 
@@ -72,11 +76,15 @@ def suite_refs(profiles: Sequence[str], cfgs: Sequence[str], files: Sequence[str
         for name in profiles:
             if name not in known:
                 raise ParityError(f"unknown profile {name!r}; known: {', '.join(sorted(known))}")
-            refs += [CaseRef("profile", name, k, seed, cases) for k in range(cases)]
+            count = cases if cases is not None else known[name].count
+            total = count * len(known[name].heads)
+            refs += [CaseRef("profile", name, k, seed, count) for k in range(total)]
     for cfg in cfgs:
         if not Path(cfg).is_file():
             raise ParityError(f"{cfg}: no such cfg file")
-        refs += [CaseRef("cfg", str(cfg), k, seed, cases) for k in range(cases)]
+        count = cases if cases is not None else 4
+        total = count * len(load_cfg(cfg).yolo_layers)
+        refs += [CaseRef("cfg", str(cfg), k, seed, count) for k in range(total)]
     refs += [CaseRef("file", str(p)) for p in case_paths(files)]
     return refs
 
@@ -94,22 +102,40 @@ def shard(refs: Sequence[CaseRef], spec: str | None) -> list[CaseRef]:
     return [r for k, r in enumerate(refs) if k % n == i - 1]
 
 
-def build_case(ref: CaseRef, profiles_extra: Sequence[str] = ()) -> Case:
-    """The case a descriptor names (generated cases are deterministic in their seed)."""
-    if ref.kind == "file":
-        return load_case(ref.source)
+def _sweep(ref: CaseRef, profiles_extra: Sequence[str]) -> Iterator[Case]:
+    """Every case of the sweep ``ref`` belongs to, in order."""
     from .profiles import cfg_cases, load_profiles, profile_cases
 
     if ref.kind == "profile":
-        cases = profile_cases(load_profiles(profiles_extra)[ref.source], ref.count, ref.seed)
-    elif ref.kind == "cfg":
-        cases = cfg_cases(ref.source, ref.count, ref.seed)
-    else:
-        raise ParityError(f"unknown case kind {ref.kind!r}")
-    for k, case in enumerate(cases):
-        if k == ref.index:
-            return case
-    raise ParityError(f"{ref.id}: the sweep has fewer than {ref.index + 1} cases")
+        return profile_cases(load_profiles(profiles_extra)[ref.source], ref.count, ref.seed)
+    if ref.kind == "cfg":
+        return cfg_cases(ref.source, ref.count, ref.seed)
+    raise ParityError(f"unknown case kind {ref.kind!r}")
+
+
+def build_cases(refs: Sequence[CaseRef], profiles_extra: Sequence[str] = ()) -> Iterator[tuple[CaseRef, Case]]:
+    """The cases ``refs`` name; each sweep is generated once, in one pass."""
+    pending: dict[tuple[str, str, int, int], dict[int, CaseRef]] = {}
+    for ref in refs:
+        if ref.kind == "file":
+            yield ref, load_case(ref.source)
+        else:
+            pending.setdefault((ref.kind, ref.source, ref.seed, ref.count), {})[ref.index] = ref
+    for wanted in pending.values():
+        first = next(iter(wanted.values()))
+        last = max(wanted)
+        for k, case in enumerate(_sweep(first, profiles_extra)):
+            if k in wanted:
+                yield wanted[k], case
+            if k >= last:
+                break
+        else:
+            raise ParityError(f"{first.source}: the sweep has fewer than {last + 1} cases")
+
+
+def build_case(ref: CaseRef, profiles_extra: Sequence[str] = ()) -> Case:
+    """The one case a descriptor names."""
+    return next(case for _, case in build_cases([ref], profiles_extra))
 
 
 def compare_case(case: Case, opts: RunOptions, name: str | None = None, rule: ToleranceRule | None = None,
@@ -128,8 +154,15 @@ def compare_case(case: Case, opts: RunOptions, name: str | None = None, rule: To
     from .reference import run_reference
     from .torch import yolo_forward
 
+    from .replay import ofast_nonfinite
+
     name = name or case.name
     rule = rule or load_tolerances(opts.tolerances)
+    if ofast_nonfinite(case):
+        skipped = CaseDiff(name, case.flavor, tuple(case.input.shape), rule.as_dict(), meta=_plain(case.meta))
+        skipped.skipped = ("recorded by darknet's -Ofast build on NaN/Inf input: its isnan checks were compiled "
+                           "away, so it is not darknet's source semantics (its -O2 twin is)")
+        return skipped
     ours = run_reference(case.config, case.input, case.truth, flavor=case.flavor)
     if case.delta is not None:
         ref_delta = case.delta
@@ -138,7 +171,7 @@ def compare_case(case: Case, opts: RunOptions, name: str | None = None, rule: To
     else:
         ref_delta = run_reference(case.config, case.input, case.truth, flavor=case.flavor, backend=opts.reference,
                                   darknet_lib=opts.darknet_lib, darknet_include=opts.darknet_include).delta
-    facts = slot_facts(case, ours.roles, rule.default.atol, rule.default.rtol)
+    facts = slot_facts(case, ours.roles, rule.default.atol, rule.default.rtol, output=ours.output)
     if candidate is None:
         candidate = load_candidate(opts.candidate, convention=opts.convention, layout=opts.layout,
                                    device=opts.device)
@@ -156,12 +189,8 @@ def compare_case(case: Case, opts: RunOptions, name: str | None = None, rule: To
         exact = d64.numpy()
     result = diff_case(name, case.flavor, ref_delta, out.delta, facts, rule=rule, per_class=opts.per_class,
                        top_k=opts.top_k, exact_delta=exact, branches=ours.branches)
-    result.meta = {k: v for k, v in case.meta.items() if isinstance(v, (str, int, float, bool, type(None)))}
+    result.meta = _plain(case.meta)
     result.meta["convention"] = out.convention
-    if "profile" in case.meta:   # coverage is required of profile sweeps only
-        from .profiles import enabled_branches
-
-        result.meta["enabled_branches"] = sorted(enabled_branches(case.config))
     if not result.passed and opts.diagnose:
         from .diagnosis import diagnose
 
@@ -169,15 +198,32 @@ def compare_case(case: Case, opts: RunOptions, name: str | None = None, rule: To
     return result
 
 
-def _run_one(args: tuple[CaseRef, RunOptions]) -> CaseDiff:
-    ref, opts = args
+def _plain(meta: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-scalar part of a case's meta (for reports)."""
+    return {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, type(None)))}
+
+
+def _run_group(args: tuple[list[CaseRef], RunOptions]) -> list[tuple[str, CaseDiff]]:
+    """Compare every case of one sweep (generated once); errors become failed results."""
+    refs, opts = args
+    out = []
     try:
-        case = build_case(ref, opts.profiles_extra)
-        return compare_case(case, opts, name=ref.id)
+        rule = load_tolerances(opts.tolerances)
+        for ref, case in build_cases(refs, opts.profiles_extra):
+            try:
+                out.append((ref.id, compare_case(case, opts, name=ref.id, rule=rule)))
+            except ParityError as exc:
+                out.append((ref.id, _broken(ref.id, str(exc))))
     except ParityError as exc:
-        broken = CaseDiff(ref.id, "", (), {})
-        broken.error = str(exc)
-        return broken
+        done = {rid for rid, _ in out}
+        out += [(r.id, _broken(r.id, str(exc))) for r in refs if r.id not in done]
+    return out
+
+
+def _broken(name: str, message: str) -> CaseDiff:
+    broken = CaseDiff(name, "", (), {})
+    broken.error = message
+    return broken
 
 
 def _worker_init() -> None:
@@ -186,26 +232,38 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
+def _groups(refs: Sequence[CaseRef]) -> list[list[CaseRef]]:
+    """Units of work: one sweep (profile/cfg), or one recorded file."""
+    groups: dict[tuple[str, ...], list[CaseRef]] = {}
+    for ref in refs:
+        key = ("file", ref.source) if ref.kind == "file" else (ref.kind, ref.source, str(ref.seed), str(ref.count))
+        groups.setdefault(key, []).append(ref)
+    return list(groups.values())
+
+
 def run_cases(refs: Sequence[CaseRef], opts: RunOptions, jobs: int = 1,
               progress: Callable[[CaseDiff], None] | None = None) -> list[CaseDiff]:
-    """Every case, in order; ``jobs`` > 1 uses worker processes (spawned: torch is not fork-safe)."""
-    work = [(r, opts) for r in refs]
-    results: list[CaseDiff] = []
-    if jobs <= 1:
-        iterator: Iterable[CaseDiff] = map(_run_one, work)
-        for res in iterator:
-            results.append(res)
-            if progress:
-                progress(res)
-        return results
-    import multiprocessing as mp
+    """Every case, returned in ``refs`` order; ``jobs`` > 1 uses worker processes
+    (spawned: torch is not fork-safe), each taking whole sweeps."""
+    work = [(g, opts) for g in _groups(refs)]
+    by_id: dict[str, CaseDiff] = {}
 
-    with mp.get_context("spawn").Pool(jobs, initializer=_worker_init) as pool:
-        for res in pool.imap(_run_one, work, chunksize=4):
-            results.append(res)
+    def collect(batch: list[tuple[str, CaseDiff]]) -> None:
+        for rid, res in batch:
+            by_id[rid] = res
             if progress:
                 progress(res)
-    return results
+
+    if jobs <= 1:
+        for item in work:
+            collect(_run_group(item))
+    else:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(jobs, initializer=_worker_init) as pool:
+            for batch in pool.imap_unordered(_run_group, work):
+                collect(batch)
+    return [by_id[r.id] for r in refs]
 
 
 @dataclass
@@ -265,18 +323,24 @@ def group_of(ref: CaseRef) -> str:
     return ref.source if ref.kind != "file" else str(Path(ref.source).parent)
 
 
-def coverage(refs: Sequence[CaseRef], results: Sequence[CaseDiff]) -> tuple[dict, dict]:
-    """Per group: how many cases hit each branch, and (profiles only) which branches their configs enable."""
+def coverage(refs: Sequence[CaseRef], results: Sequence[CaseDiff],
+             profiles_extra: Sequence[str] = ()) -> tuple[dict, dict]:
+    """Per group: how many cases hit each branch, and (profiles only) which branches their heads enable."""
+    from .profiles import load_profiles
+
     hit: dict[str, dict[str, int]] = {}
-    enabled: dict[str, set[str]] = {}
     for ref, res in zip(refs, results):
-        group = group_of(ref)
-        counts = hit.setdefault(group, {})
+        counts = hit.setdefault(group_of(ref), {})
         for name, count in res.branches.items():
             counts[name] = counts.get(name, 0) + (1 if count else 0)
-        if ref.kind == "profile":
-            enabled.setdefault(group, set()).update(res.meta.get("enabled_branches", []))
-    return hit, {g: sorted(v) for g, v in enabled.items()}
+    enabled: dict[str, list[str]] = {}
+    names = sorted({r.source for r in refs if r.kind == "profile"})
+    if names:
+        profiles = load_profiles(profiles_extra)
+        for name in names:
+            heads = range(len(profiles[name].heads))
+            enabled[name] = sorted(set().union(*(profiles[name].enabled_branches(h) for h in heads)))
+    return hit, enabled
 
 
 def run_suite(refs: Sequence[CaseRef], opts: RunOptions, jobs: int = 1,
@@ -284,7 +348,7 @@ def run_suite(refs: Sequence[CaseRef], opts: RunOptions, jobs: int = 1,
     """Run ``refs`` and gather results, coverage and the rule in force."""
     start = time.perf_counter()
     results = run_cases(refs, opts, jobs, progress)
-    hit, enabled = coverage(refs, results)
+    hit, enabled = coverage(refs, results, opts.profiles_extra)
     rule = load_tolerances(opts.tolerances).describe()
     return SuiteResult(results, hit, enabled, dataclasses.asdict(opts), rule, time.perf_counter() - start,
                        [shard_spec] if shard_spec else [])

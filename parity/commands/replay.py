@@ -1,19 +1,17 @@
-"""Replay recorded cases through the reference and check agreement.
+"""Check a candidate against recorded darknet cases (format v1).
 
-Each FILE is a format-v1 case (.npz) or a folder of them. The reference
-(our C implementation by default) runs on the case's input and truth; its
-output, delta, cost and counters must match the recording.
+Each FILE is a case (.npz) or a folder of them, recorded from real darknet
+(../shared/recorded) or with `darknet-parity record`. The recorded delta is
+the reference; the candidate (default: this project's PyTorch port) is
+compared with it term by term, as in `run`. Exit 0 when all agree, 1 on a
+mismatch, 2 on bad input.
 """
 from __future__ import annotations
 
 import argparse
-import json
 
-from ..agreement import Agreement
-from ..errors import EXIT_MISMATCH, EXIT_OK
-from ..replay import replay_paths
-from ..summary import agreement_table
-from . import Command, add_reference_arguments
+from . import Command
+from .harness_args import add_candidate_arguments, add_diff_arguments, add_output_arguments, run_options
 
 
 class Replay(Command):
@@ -21,18 +19,15 @@ class Replay(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("files", nargs="+", metavar="FILE", help="case files or folders")
-        add_reference_arguments(parser)
-        parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+        add_candidate_arguments(parser)
+        add_diff_arguments(parser)
+        parser.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (default 1)")
+        add_output_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        results = list(replay_paths(args.files, reference=args.reference, darknet_lib=args.darknet_lib,
-                                    darknet_include=args.darknet_include))
-        print(agreement_table(results, f"replay through the {args.reference} reference"))
-        if args.json:
-            write_json(args.json, results)
-        return EXIT_OK if all(r or r.skipped for r in results) else EXIT_MISMATCH
+        from ..suite import run_suite, suite_refs
+        from .run import _progress, report
 
-
-def write_json(path: str, results: list[Agreement]) -> None:
-    with open(path, "w") as fh:
-        json.dump([r.__dict__ for r in results], fh, indent=1, default=str)
+        refs = suite_refs([], [], args.files, None, 0)
+        result = run_suite(refs, run_options(args), jobs=max(1, args.jobs), progress=_progress(len(refs)))
+        return report(result, args)

@@ -1,0 +1,44 @@
+"""Argument groups shared by the commands that run a candidate (run, replay, shrink)."""
+from __future__ import annotations
+
+import argparse
+
+from ..suite import RunOptions
+
+
+def add_candidate_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("candidate (your implementation)")
+    group.add_argument("--candidate", default="parity", metavar="SPEC",
+                       help="'parity' (this project's PyTorch port, the default), 'naive' (a textbook autograd "
+                            "loss), or module:callable / path/file.py:callable called as fn(input, truth, config)")
+    group.add_argument("--convention", choices=("delta", "grad", "loss"),
+                       help="what the callable returns (default: detected from the return value)")
+    group.add_argument("--layout", choices=("nchw", "bnhwc"), default="nchw",
+                       help="head layout the callable takes and returns: darknet's [b, n*(5+c), h, w] (default) "
+                            "or [b, n, h, w, 5+c]")
+    group.add_argument("--device", default="cpu", help="torch device for the candidate (default cpu)")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("reports")
+    group.add_argument("--json", metavar="PATH", help="write the full results as JSON (input of `merge`)")
+    group.add_argument("--junit", metavar="PATH", help="write a JUnit XML report for CI systems")
+    group.add_argument("--html", metavar="PATH", help="write a self-contained HTML report with heatmaps")
+    group.add_argument("--verbose", action="store_true", help="show every failing case and mismatch")
+
+
+def add_diff_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("comparison")
+    group.add_argument("--tolerances", metavar="YAML", help="per-term tolerance file (default: parity/tolerances.yaml)")
+    group.add_argument("--per-class", action="store_true", help="split the class term per class")
+    group.add_argument("--top-k", type=int, default=10, metavar="K", help="mismatches listed per case (default 10)")
+
+
+def run_options(args: argparse.Namespace) -> RunOptions:
+    """RunOptions from parsed arguments (the reference group comes from add_reference_arguments)."""
+    return RunOptions(
+        candidate=args.candidate, convention=args.convention, layout=args.layout, device=args.device,
+        reference=getattr(args, "reference", "c"), darknet_lib=getattr(args, "darknet_lib", None),
+        darknet_include=getattr(args, "darknet_include", None), tolerances=args.tolerances,
+        per_class=args.per_class, top_k=args.top_k,
+        profiles_extra=tuple(getattr(args, "profiles_file", None) or ()))

@@ -1,0 +1,210 @@
+"""The terminal view of a suite result, rendered with rich.
+
+Renders only: every number comes from the ``SuiteResult`` (and the shared
+aggregations in ``_view``), so this view agrees with the JSON, JUnit and HTML
+ones. All text from the result goes through ``rich.text.Text``, never through
+markup, so brackets in darknet's path or an error message print as they are,
+and control characters are spelled ``#xNN`` so a stray ESC cannot restyle the
+terminal.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich import box
+from rich.console import Console, Group
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
+
+from . import _view
+
+if TYPE_CHECKING:
+    from ..diff import CaseDiff, Mismatch
+    from ..suite import SuiteResult
+
+MAX_CASES = 10          # failing cases shown in detail unless verbose
+MAX_MISMATCHES = 5      # mismatches shown per case unless verbose
+NARROW = 110            # console width below which the wide table drops its padding
+
+
+def summary_line(result: "SuiteResult") -> str:
+    """Cases, passed, failed, borderline and time, in one plain line."""
+    return _view.summary_text(result)
+
+
+def render_text(result: "SuiteResult", *, console: Console | None = None, verbose: bool = False,
+                max_cases: int = MAX_CASES, max_mismatches: int = MAX_MISMATCHES) -> None:
+    """Print the whole report; ``verbose`` shows every failing case and every listed mismatch."""
+    console = console if console is not None else Console()
+    console.print(_header(result))
+    console.print(_term_role_table(result, console.width))
+    console.print(_coverage_table(result))
+    failing = result.failed
+    shown = failing if verbose else failing[:max_cases]
+    if failing:
+        console.print(_failing_cases_table(failing))
+    for case in shown:
+        console.print(_case_details(case, None if verbose else max_mismatches))
+    if len(shown) < len(failing):
+        console.print(_t(f"... {len(failing) - len(shown)} more failing cases not shown "
+                         "(--verbose, or the JSON/HTML report, lists them all)", style="yellow"))
+    skipped = [c for c in result.cases if _view.skip_reason(c) is not None]
+    if skipped:
+        console.print(_skipped_block(skipped, None if verbose else max_cases))
+    console.print(_verdict(result))
+
+
+def _t(value: object, style: str = "") -> Text:
+    """Result text as a rich Text: never parsed as markup, control characters made visible."""
+    return Text(_view.printable(value), style=style)
+
+
+def _row(table: Table, *cells: object, style: str | None = None) -> None:
+    table.add_row(*(c if isinstance(c, Text) else _t(c) for c in cells), style=style)
+
+
+def _titled(title: str, table: Table, note: Text | None = None) -> Group:
+    """A table under a left-aligned heading; the heading is not wrapped to the table's width."""
+    return Group(_t(""), _t(title, style="bold"), table, *([note] if note is not None else []))
+
+
+def _header(result: "SuiteResult") -> Group:
+    parts: list = [_t(summary_line(result), style="bold")]
+    run = _view.run_description(result)
+    if run:
+        parts.append(_t(f"run: {run}"))
+    parts.append(Text.assemble(("tolerance rule: ", "bold"), _view.printable(result.rule or "(not recorded)"),
+                               "; decisions (whether darknet writes a delta) must match exactly"))
+    needed = _view.needed_tolerances(result)
+    if needed:
+        parts.append(_needed_table(needed))
+    return Group(*parts)
+
+
+def _needed_table(needed: dict[str, dict[str, float | None]]) -> Group:
+    table = Table()
+    table.add_column("term")
+    table.add_column("atol (rtol as set)", justify="right")
+    table.add_column("rtol (atol as set)", justify="right")
+    for term, need in needed.items():
+        rtol = need.get("rtol")
+        _row(table, term, _view.fmt_num(need.get("atol")),
+                      _view.fmt_num(rtol) if rtol is not None else "none (a zero reference differs)")
+    return _titled("Smallest tolerance that would have passed the value mismatches", table,
+                   _t("(decision mismatches are not a tolerance question)", style="dim"))
+
+
+def _term_role_table(result: "SuiteResult", width: int) -> Group:
+    # Nine columns: below ~110 columns drop the cell padding so numbers fit instead of being elided.
+    table = Table(box=box.SQUARE, padding=(0, 0)) if width < NARROW else Table()
+    for name, justify in (("term", "left"), ("role", "left"), ("elements", "right"), ("decision", "right"),
+                          ("value", "right"), ("borderline", "right"), ("max abs", "right"), ("max rel", "right"),
+                          ("max ulps", "right")):
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    rows = _view.term_role_rows(result)
+    for row in rows:
+        _row(table, row.term, row.role, str(row.elements), str(row.decision_mismatches),
+             str(row.value_mismatches), str(row.borderline), _view.fmt_num(row.max_abs),
+             _view.fmt_num(row.max_rel), str(row.max_ulps),
+             style="red" if row.failing else ("yellow" if row.borderline else None))
+    note = _t("decision/value: failing mismatches; borderline ones are reported, not failures", style="dim")
+    return _titled("Term x role, all cases", table, _t("no compared elements", style="dim") if not rows else note)
+
+
+def _coverage_table(result: "SuiteResult") -> Group | Text:
+    branches, groups, grid = _view.coverage_grid(result)
+    if not branches:
+        return _t("branch coverage: none recorded")
+    table = Table()
+    table.add_column("branch", overflow="fold")
+    for group in groups:
+        table.add_column(_t(group), justify="right", overflow="fold")
+    for branch in branches:
+        cells = []
+        for group in groups:
+            cell = grid[(branch, group)]
+            if cell.missing:
+                cells.append(_t("0 never hit", style="bold red"))
+            else:
+                cells.append(_t(str(cell.count) if cell.count or cell.enabled else "-"))
+        _row(table, branch, *cells)
+    missing = result.missing_branches
+    note = None
+    if missing:
+        note = _t("enabled but never hit: " + "; ".join(f"{g}: {', '.join(b)}" for g, b in missing.items()),
+                  style="bold red")
+    return _titled("Branch coverage (cases hitting each branch)", table, note)
+
+
+def _failing_cases_table(failing: list["CaseDiff"]) -> Group:
+    table = Table()
+    table.add_column("case", overflow="fold")
+    table.add_column("decision", justify="right")
+    table.add_column("value", justify="right")
+    table.add_column("borderline", justify="right")
+    table.add_column("worst term")
+    table.add_column("top cause", overflow="fold")
+    for case in failing:
+        if case.error is not None:
+            _row(table, case.case, "-", "-", "-", "-", _t(f"error: {case.error}", style="red"))
+            continue
+        cause = _view.top_cause(case)
+        _row(table, case.case, str(case.decision_mismatches), str(case.value_mismatches), str(case.borderline),
+                      _view.worst_term(case) or "-", _t(_view.cause_headline(cause)) if cause else "-")
+    return _titled(f"Failing cases ({len(failing)})", table)
+
+
+def _case_details(case: "CaseDiff", max_mismatches: int | None) -> Group:
+    title = Text.assemble(("FAILED ", "bold red"), (_view.printable(case.case), "bold"),
+                          _view.printable(f"  flavor {case.flavor or '?'}, delta shape {tuple(case.shape)}"))
+    parts: list = [_t(""), title]
+    if case.error is not None:
+        parts.append(Padding(_t(f"could not be compared: {case.error}", style="red"), (0, 0, 0, 2)))
+        return Group(*parts)
+    parts.append(Padding(_t(_view.case_summary(case)), (0, 0, 0, 2)))
+    shown = case.mismatches if max_mismatches is None else case.mismatches[:max_mismatches]
+    if shown:
+        parts.append(Padding(_t(f"first mismatches ({len(shown)} of {len(case.mismatches)} listed):",
+                                style="bold"), (0, 0, 0, 2)))
+    parts += [Padding(_mismatch_block(m), (0, 0, 0, 4)) for m in shown]
+    parts.append(_causes_block(case))
+    return Group(*parts)
+
+
+def _mismatch_block(m: "Mismatch") -> Group:
+    style = "yellow" if m.borderline else "red"
+    lines = [Text.assemble((_view.mismatch_label(m), f"bold {style}"), f" at {_view.mismatch_where(m)}, ",
+                           ("role ", "dim"), _view.printable(m.role)),
+             _t(f"reference {_view.fmt_value(m.reference)}, candidate {_view.fmt_value(m.candidate)}, "
+                f"float64 exact {_view.mismatch_exact(m)}"),
+             _t(f"truths: {_view.mismatch_truths(m)}")]
+    lines += [_t(f"darknet: {step}", style="dim") for step in _view.mismatch_path(m)]
+    lines += [_t(f"borderline: {reason}", style="yellow") for reason in _view.mismatch_reasons(m)]
+    return Group(lines[0], *(Padding(line, (0, 0, 0, 2)) for line in lines[1:]))
+
+
+def _causes_block(case: "CaseDiff") -> Padding:
+    causes = _view.ordered_causes(case)
+    if not causes:
+        return Padding(_t("diagnosis: no cause identified", style="dim"), (0, 0, 0, 2))
+    lines: list = [_t("diagnosis:", style="bold")]
+    for cause in causes:
+        lines.append(Padding(_t("- " + _view.cause_headline(cause)), (0, 0, 0, 2)))
+        detail = _view.cause_detail(cause)
+        if detail:
+            lines.append(Padding(_t(detail, style="dim"), (0, 0, 0, 4)))
+    return Padding(Group(*lines), (0, 0, 0, 2))
+
+
+def _skipped_block(skipped: list["CaseDiff"], limit: int | None) -> Group:
+    shown = skipped if limit is None else skipped[:limit]
+    lines: list = [_t(""), _t(f"Skipped cases ({len(skipped)}, not failures)", style="bold")]
+    lines += [Padding(_t(f"{c.case}: {_view.skip_reason(c)}", style="dim"), (0, 0, 0, 2)) for c in shown]
+    if len(shown) < len(skipped):
+        lines.append(Padding(_t(f"... {len(skipped) - len(shown)} more", style="dim"), (0, 0, 0, 2)))
+    return Group(*lines)
+
+
+def _verdict(result: "SuiteResult") -> Text:
+    return _t(_view.verdict_text(result), style="bold green" if result.passed else "bold red")
