@@ -1,22 +1,38 @@
 """Seeded random [yolo] cases that reach darknet's decision boundaries.
 
 Plain random logits almost never overlap a truth, so the ignore test, the
-0.25 class-match test and truth_thresh would go untested. ``random_case``
-therefore "plants" predictions: for some truths it sets the logits of the
+0.25 class-match test and truth_thresh would go untested. The generators
+therefore "plant" predictions: for some truths they set the logits of the
 truth's cell (or a neighbour) so the decoded box lies near the truth, with
-class probabilities deliberately above or below 0.25. Truths include several
-in one cell, centres exactly on cell borders, tiny and huge boxes, and (where
-the flavor tolerates them) out-of-range class ids and an early x == 0 row.
-The same seed gives the same bytes.
+class probabilities deliberately above or below 0.25.
+
+Two generators live here:
+
+* ``generate_cases`` (and ``random_case(..., features=...)``): every edge
+  darknet treats specially is a named, seeded feature with a probability
+  (``CaseFeatures``): several truths in one cell/anchor, centres exactly on
+  cell borders, tiny and huge boxes, out-of-range class ids (AlexeyAB only),
+  an ``x == 0`` terminator in the middle of a list with real boxes after it,
+  more boxes than ``max``, empty images, NaN/Inf logits. One sample gives one
+  case per head, all heads seeing the same truths, as in a darknet network.
+  What a case contains is recorded in ``meta["features"]``.
+* ``random_case`` without ``features``: the original generator, kept byte for
+  byte so the figures measured on its cases stay reproducible.
+
+The same seed gives the same bytes. ``enabled_branches`` says which darknet
+branches (``ReferenceResult.branches``) a config can reach with given
+features, so a suite can insist that each one is hit.
 """
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
 import numpy as np
 
 from .case import Case
-from .config import YoloConfig, dump_yolo_cfg
+from .config import FLT_MAX, PJREDDIE_TRUTH_BOXES, YoloConfig, dump_yolo_cfg
+from .errors import ParityError
 
 # YOLOv3/v4 COCO anchors: realistic shapes for best-anchor assignment.
 COCO_ANCHORS = (10, 13, 16, 30, 33, 23, 30, 61, 62, 45, 59, 119, 116, 90, 156, 198, 373, 326)
@@ -116,10 +132,14 @@ def _plant(rng: np.random.Generator, x: np.ndarray, truth: np.ndarray, config: Y
 
 
 def random_case(seed: int, config: YoloConfig, *, flavor: str | None = None, shape: CaseShape | None = None,
-                nonfinite: int = 0) -> Case:
+                nonfinite: int = 0, features: CaseFeatures | None = None) -> Case:
     """A reproducible case for ``config``: logits, truths, planted overlaps.
 
-    ``nonfinite`` NaN/Inf values are placed at random positions of the input.
+    Without ``features`` this is the original generator (its bytes are pinned:
+    measured figures rest on them); ``nonfinite`` NaN/Inf values are placed at
+    random positions of the input. With ``features`` the case comes from
+    ``generate_cases`` (one head, ``shape.max_truths`` truths at most) and
+    ``nonfinite`` must be 0: use ``CaseFeatures.nonfinite`` instead.
     Output and delta are left empty: a reference fills them.
     """
     flavor = flavor or config.flavor
@@ -127,6 +147,14 @@ def random_case(seed: int, config: YoloConfig, *, flavor: str | None = None, sha
     if shape is None:
         shape = CaseShape(batch=int(rng.integers(1, 4)), h=int(rng.integers(1, 14)),
                           w=int(rng.integers(1, 14)), max_truths=int(rng.integers(0, 13)))
+    if features is not None:
+        if nonfinite:
+            raise ParityError("random_case: pass NaN/Inf through CaseFeatures.nonfinite, not nonfinite=, "
+                              "when features are given")
+        (case,) = generate_cases([seed, 1], [HeadGrid(config, shape.w, shape.h)], batch=shape.batch,
+                                 truths=(0, shape.max_truths), features=features, flavor=flavor,
+                                 label=f"parity.generate.random_case seed={seed}")
+        return case
     x = np.empty((shape.batch, config.channels, shape.h, shape.w), dtype=np.float32)
     stride = 5 + config.classes
     for a in range(config.n):
@@ -180,3 +208,546 @@ def random_config(rng: np.random.Generator, flavor: str) -> YoloConfig:
     if rng.random() < 0.15:
         opts["counters_per_class"] = tuple(int(v) for v in rng.integers(0, 500, size=common["classes"]))
     return YoloConfig(**common, **opts)
+
+
+# --------------------------------------------------------------------------
+# Feature-driven generator: every edge case is a named, seeded feature.
+
+# Rows added past ``max`` when images may hold more boxes than ``max``.
+OVER_MAX_ROWS = 3
+_NONFINITE = (np.nan, np.inf, -np.inf)
+
+
+@dataclass(frozen=True)
+class CaseFeatures:
+    """How often each input darknet treats specially appears (probabilities in [0, 1]).
+
+    Per truth: ``shared_cell`` (same cell as the previous truth, similar size:
+    same anchor, so deltas are rewritten and averaged), ``border`` (a centre
+    exactly on a cell border, or the last float below 1), ``tiny`` / ``huge``
+    boxes, ``anchor_sized`` (the shape of an anchor of each head in turn, as
+    real data clusters around its anchors), ``class_oob`` (class id outside ``[0, classes)``; AlexeyAB only,
+    pjreddie refuses them), ``plant`` (a prediction planted over it).
+    Per planted prediction: ``plant_class_match`` (exactly one class
+    probability above 0.25; otherwise all below, so the ignore test's class
+    match fails), ``plant_tight`` (IoU near 1: truth_thresh),
+    ``plant_neighbour`` (in a neighbouring cell), ``plant_wild`` (box logits
+    drawn wide, as a diverging net emits them: IoU-loss deltas then grow
+    past ``max_delta`` on every head, not only on tiny boxes).
+    Per image: ``empty_image`` (no truths), ``mid_terminator`` (an ``x == 0``
+    row inside the list with real boxes after it), ``over_max`` (real boxes
+    in the rows past ``max``). Per case: ``nonfinite`` (NaN/Inf logits, in an
+    objectness, in a truth's box entries and anywhere).
+    """
+
+    plant: float = 0.6
+    plant_class_match: float = 0.6
+    plant_tight: float = 0.3
+    plant_neighbour: float = 0.15
+    plant_wild: float = 0.1
+    shared_cell: float = 0.15
+    border: float = 0.15
+    tiny: float = 0.1
+    huge: float = 0.1
+    anchor_sized: float = 0.3
+    class_oob: float = 0.05
+    empty_image: float = 0.1
+    mid_terminator: float = 0.15
+    over_max: float = 0.05
+    nonfinite: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name, value in self.as_dict().items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ParityError(f"CaseFeatures.{name}={value!r}: a probability must be a number in [0, 1]")
+        if self.tiny + self.huge > 1:
+            raise ParityError(f"CaseFeatures: tiny + huge = {self.tiny + self.huge} exceeds 1")
+
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def forcing(self, name: str) -> CaseFeatures:
+        """These features with ``name`` certain, and what would hide it switched off.
+
+        Suites force each rare feature once so that a short run still holds it.
+        """
+        if name not in FORCEABLE:
+            raise ParityError(f"cannot force feature {name!r}; forceable: {', '.join(FORCEABLE)}")
+        changes: dict[str, float] = {name: 1.0}
+        if name in _IMAGE_LEVEL:
+            changes.update({other: 0.0 for other in _IMAGE_LEVEL if other != name})
+        else:  # nothing that hides truths
+            changes.update(empty_image=0.0, mid_terminator=0.0)
+        if name.startswith("plant_"):
+            changes["plant"] = 1.0
+        if name in _NEEDS_EVERY_HEAD and self.anchor_sized > 0:  # truths for every head
+            changes["anchor_sized"] = 1.0
+        if name in ("tiny", "huge"):
+            changes["huge" if name == "tiny" else "tiny"] = 0.0
+        return dataclasses.replace(self, **changes)
+
+
+_IMAGE_LEVEL = ("empty_image", "mid_terminator", "over_max")
+# Features whose branch needs a truth assigned to the head itself.
+_NEEDS_EVERY_HEAD = ("nonfinite", "plant_wild")
+# Rare features a suite forces once each (order: the order they are forced in).
+FORCEABLE = ("empty_image", "mid_terminator", "over_max", "nonfinite", "plant_wild", "class_oob",
+             "shared_cell", "border", "tiny", "huge")
+
+
+@dataclass(frozen=True)
+class HeadGrid:
+    """One [yolo] head of a sample: its config and the grid it runs on."""
+
+    config: YoloConfig
+    grid_w: int
+    grid_h: int
+
+
+@dataclass(frozen=True)
+class _TruthSpace:
+    """What every head of a sample accepts: the truths are shared by all heads."""
+
+    grids: tuple[tuple[int, int], ...]
+    anchors: tuple[tuple[tuple[float, float], ...], ...]  # per head: its anchors' (w, h) / net
+    classes: int      # ids below this are in range for every head
+    oob_class: int    # ids from this on are out of range for every head
+    limit: int        # rows every head reads at most (the smallest max)
+    rows: int         # rows of the truth array
+    alexeyab: bool
+
+    @classmethod
+    def of(cls, heads: Sequence[HeadGrid], flavor: str, features: CaseFeatures) -> _TruthSpace:
+        limit = min(h.config.max_boxes for h in heads)
+        if flavor == "pjreddie":
+            rows = PJREDDIE_TRUTH_BOXES  # darknet's truth buffer holds 90 boxes per image
+        else:
+            rows = max(h.config.max_boxes for h in heads) + (OVER_MAX_ROWS if features.over_max > 0 else 0)
+        anchors = tuple(tuple((h.config.anchors[2 * a] / h.config.net_w, h.config.anchors[2 * a + 1] / h.config.net_h)
+                              for a in h.config.mask) for h in heads)
+        return cls(tuple((h.grid_w, h.grid_h) for h in heads), anchors, min(h.config.classes for h in heads),
+                   max(h.config.classes for h in heads), limit, max(rows, 1), flavor == "alexeyab")
+
+    @property
+    def finest(self) -> tuple[int, int]:
+        return max(w for w, _ in self.grids), max(h for _, h in self.grids)
+
+
+def over_max_possible(config: YoloConfig, flavor: str | None = None) -> bool:
+    """Whether generated truth arrays can hold rows past ``max`` for this config."""
+    flavor = flavor or config.flavor
+    return flavor == "alexeyab" or config.max_boxes < PJREDDIE_TRUTH_BOXES
+
+
+def generate_cases(seed: int | Sequence[int], heads: Sequence[HeadGrid], *, batch: int,
+                   truths: tuple[int, int], features: CaseFeatures = CaseFeatures(),
+                   flavor: str | None = None, label: str = "parity.generate.generate_cases") -> list[Case]:
+    """One sample: a truth array shared by ``heads`` and one case per head.
+
+    ``truths`` bounds the boxes per image before the image-level features
+    (``over_max`` goes past it). ``label`` starts each case's
+    ``meta["generator"]``, which also names the head, so it is unique per case.
+    """
+    if not heads:
+        raise ParityError("generate_cases needs at least one head")
+    flavor = flavor or heads[0].config.flavor
+    if batch < 1 or truths[0] < 0 or truths[1] < truths[0]:
+        raise ParityError(f"generate_cases: batch={batch} truths={truths} (need batch >= 1, 0 <= lo <= hi)")
+    rng = np.random.default_rng(seed)
+    space = _TruthSpace.of(heads, flavor, features)
+    truth, image_features = _truth_array(rng, space, batch, truths, features)
+    cases = []
+    for index, head in enumerate(heads):
+        x, head_features = _head_input(rng, head, truth, flavor, features)
+        applied = sorted(set(head_features).union(*image_features))
+        meta = {"flavor": flavor, "seed": _json_seed(seed), "head": index,
+                "generator": f"{label} head={index} grid={head.grid_w}x{head.grid_h} batch={batch}",
+                "features": {"applied": applied, "probabilities": features.as_dict()}}
+        cases.append(Case(dump_yolo_cfg(head.config), head.config, flavor, x, truth.copy(), meta=meta))
+    return cases
+
+
+def _json_seed(seed: int | Sequence[int]) -> int | list[int]:
+    return int(seed) if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
+
+
+# ---- truths
+
+
+def _truth_array(rng: np.random.Generator, space: _TruthSpace, batch: int, truths: tuple[int, int],
+                 features: CaseFeatures) -> tuple[np.ndarray, list[set[str]]]:
+    truth = np.zeros((batch, space.rows, 6), dtype=np.float32)
+    applied = []
+    for b in range(batch):
+        rows, image_applied = _image_rows(rng, space, truths, features)
+        for t, row in enumerate(rows):
+            truth[b, t, :5] = row
+            truth[b, t, 5] = t if space.alexeyab else 0
+        applied.append(image_applied)
+    return truth, applied
+
+
+def _image_rows(rng: np.random.Generator, space: _TruthSpace, truths: tuple[int, int],
+                features: CaseFeatures) -> tuple[list[list[float]], set[str]]:
+    """One image's rows, terminator included, and the features they show."""
+    if rng.random() < features.empty_image:
+        return [], {"empty_image"}
+    applied: set[str] = set()
+    hi = min(truths[1], space.rows)
+    count = int(rng.integers(min(truths[0], hi), hi + 1))
+    over = space.rows > space.limit and rng.random() < features.over_max
+    if over:
+        count = min(space.limit + int(rng.integers(1, OVER_MAX_ROWS + 1)), space.rows)
+        applied.add("over_max")
+    rows = _draw_truths(rng, space, count, features, applied)
+    if not over and space.limit >= 2 and rng.random() < features.mid_terminator:
+        rows = _with_terminator(rng, space, rows, features, applied)
+    if not rows:
+        applied.add("empty_image")
+    return rows, applied
+
+
+def _with_terminator(rng: np.random.Generator, space: _TruthSpace, rows: list[list[float]],
+                     features: CaseFeatures, applied: set[str]) -> list[list[float]]:
+    """Insert an ``x == 0`` row that darknet stops at, with real boxes after it.
+
+    The terminator sits at least one row before ``max``, so it (not ``max``)
+    is what hides the row after it. Only x is 0: the row otherwise looks real.
+    """
+    at = min(int(rng.integers(1, len(rows) + 1)) if rows else 0, space.limit - 2)
+    terminator = _draw_truth(rng, space, None, features, set())
+    terminator[0] = 0.0
+    after = _draw_truths(rng, space, int(rng.integers(1, 4)), features, set())
+    applied.add("mid_terminator")
+    return (rows[:at] + [terminator] + rows[at:] + after)[: space.rows]
+
+
+def _draw_truths(rng: np.random.Generator, space: _TruthSpace, count: int, features: CaseFeatures,
+                 applied: set[str]) -> list[list[float]]:
+    rows: list[list[float]] = []
+    for index in range(count):
+        rows.append(_draw_truth(rng, space, rows[-1] if rows else None, features, applied, index))
+    return rows
+
+
+def _draw_truth(rng: np.random.Generator, space: _TruthSpace, prev: list[float] | None,
+                features: CaseFeatures, applied: set[str], index: int = 0) -> list[float]:
+    """x, y, w, h, class of one truth (centre valid for every head's grid).
+
+    An anchor-sized truth takes the shape of an anchor of head ``index``
+    (round robin), so that with enough truths every head gets its own.
+    """
+    if prev is not None and rng.random() < features.shared_cell:
+        row = _shared_cell_truth(rng, space, prev)
+        applied.add("shared_cell")
+    else:
+        x, y = _centre(rng, space, features, applied)
+        w, h = _size(rng, space, features, applied, index)
+        row = [x, y, w, h, float(rng.integers(0, space.classes))]
+    if space.alexeyab and rng.random() < features.class_oob:
+        row[4] = float(rng.choice([-1, space.oob_class, space.oob_class + 7]))
+        applied.add("class_oob")
+    return row
+
+
+def _shared_cell_truth(rng: np.random.Generator, space: _TruthSpace, prev: list[float]) -> list[float]:
+    """A truth in the previous one's cell with a similar shape (hence the same anchor).
+
+    A third are exact duplicates; half keep the class, the others change it
+    (two classes in one cell and anchor: darknet's averaging divides).
+    """
+    if rng.random() < 0.3:
+        x, y, w, h = prev[:4]
+    else:
+        gw, gh = space.finest
+        i = int(np.float32(prev[0]) * np.float32(gw))
+        j = int(np.float32(prev[1]) * np.float32(gh))
+        x = _valid_centre((i + rng.uniform(0.1, 0.9)) / gw, space, positive=True)
+        y = _valid_centre((j + rng.uniform(0.1, 0.9)) / gh, space, positive=False)
+        w, h = (float(np.clip(v * rng.uniform(0.9, 1.1), 1e-4, 1.0)) for v in prev[2:4])
+    same = 0 <= prev[4] < space.classes and rng.random() < 0.5
+    cls = prev[4] if same else float(rng.integers(0, space.classes))
+    return [x, y, w, h, cls]
+
+
+def _centre(rng: np.random.Generator, space: _TruthSpace, features: CaseFeatures,
+            applied: set[str]) -> tuple[float, float]:
+    x, y = rng.uniform(0.0, 1.0, size=2)
+    if rng.random() < features.border:
+        gw, gh = space.grids[int(rng.integers(0, len(space.grids)))]
+        which = int(rng.integers(0, 3))  # x, y or both on a border
+        if which != 1:
+            x = int(rng.integers(1, gw + 1)) / gw   # x == 0 would end the list
+        if which != 0:
+            y = int(rng.integers(0, gh + 1)) / gh   # y == 0 is a valid centre
+        applied.add("border")
+    return _valid_centre(x, space, positive=True), _valid_centre(y, space, positive=False)
+
+
+def _valid_centre(v: float, space: _TruthSpace, *, positive: bool) -> float:
+    """``v`` as float32, moved down to the nearest value darknet maps inside every grid.
+
+    darknet's cell is ``(int)(v * grid)`` in float32, so 1.0 (and values just
+    below it that round up) index past the grid; a border k/grid itself is
+    kept. x must stay above 0 (0 ends the list).
+    """
+    v32 = np.float32(min(max(v, 0.0), 1.0))
+    if positive and v32 <= 0:
+        v32 = np.float32(1e-6)
+    sizes = {g for grid in space.grids for g in grid}
+    zero = np.float32(0)
+    while v32 >= 1 or any(int(v32 * np.float32(g)) >= g for g in sizes):
+        v32 = np.nextafter(v32, zero)
+    return float(v32)
+
+
+def _size(rng: np.random.Generator, space: _TruthSpace, features: CaseFeatures, applied: set[str],
+          index: int) -> tuple[float, float]:
+    if rng.random() < features.anchor_sized:
+        applied.add("anchor_sized")
+        anchors = space.anchors[index % len(space.anchors)]
+        aw, ah = anchors[int(rng.integers(0, len(anchors)))]
+        return tuple(float(np.clip(v * np.exp(rng.uniform(-0.3, 0.3)), 1e-3, 1.0)) for v in (aw, ah))  # type: ignore[return-value]
+    r = rng.random()
+    if r < features.tiny:
+        applied.add("tiny")
+        w, h = np.exp(rng.uniform(np.log(0.001), np.log(0.012), size=2))
+    elif r < features.tiny + features.huge:
+        applied.add("huge")
+        w, h = rng.uniform(0.7, 1.0, size=2)
+    else:
+        w, h = np.exp(rng.uniform(np.log(0.02), np.log(0.6), size=2))
+    return float(w), float(h)
+
+
+# ---- inputs
+
+
+def _head_input(rng: np.random.Generator, head: HeadGrid, truth: np.ndarray, flavor: str,
+                features: CaseFeatures) -> tuple[np.ndarray, set[str]]:
+    """Random logits for one head, predictions planted over its truths, NaN/Inf."""
+    from .layer_input import active_rows
+
+    config = head.config
+    x = _base_logits(rng, config, flavor, truth.shape[0], head.grid_h, head.grid_w)
+    active = active_rows(truth, config.max_boxes)
+    applied: set[str] = set()
+    for b in range(truth.shape[0]):
+        for t in np.flatnonzero(active[b]):
+            if rng.random() < features.plant:
+                _plant_prediction(rng, x, b, truth[b, t], head, flavor, features, applied)
+    if rng.random() < features.nonfinite:
+        _place_nonfinite(rng, x, truth, active, head, flavor)
+        applied.add("nonfinite")
+    return x, applied
+
+
+def _base_logits(rng: np.random.Generator, config: YoloConfig, flavor: str, batch: int, h: int,
+                 w: int) -> np.ndarray:
+    """Background predictions: logits of a half-trained net (raw values with new_coords)."""
+    x = np.empty((batch, config.channels, h, w), dtype=np.float32)
+    stride = 5 + config.classes
+    for a in range(config.n):
+        ch = a * stride
+        if flavor == "alexeyab" and config.new_coords:
+            x[:, ch: ch + stride] = rng.uniform(0.0, 1.0, size=(batch, stride, h, w))
+            x[:, ch + 2: ch + 4] = rng.uniform(0.1, 1.5, size=(batch, 2, h, w))
+        else:
+            x[:, ch: ch + stride] = rng.normal(0.0, 2.0, size=(batch, stride, h, w))
+            x[:, ch + 2: ch + 4] = rng.normal(0.0, 0.7, size=(batch, 2, h, w))
+    return x
+
+
+def _cell(row: np.ndarray, head: HeadGrid) -> tuple[int, int]:
+    """darknet's cell of a truth centre: the float32 product truncated."""
+    i = int(np.float32(row[0]) * np.float32(head.grid_w))
+    j = int(np.float32(row[1]) * np.float32(head.grid_h))
+    return min(i, head.grid_w - 1), min(j, head.grid_h - 1)
+
+
+def _shape_ious(config: YoloConfig, w: float, h: float) -> np.ndarray:
+    """IoU of a (w, h) box with every anchor, both centred (how darknet picks anchors)."""
+    aw = np.asarray(config.anchors[0::2], dtype=np.float32) / np.float32(config.net_w)
+    ah = np.asarray(config.anchors[1::2], dtype=np.float32) / np.float32(config.net_h)
+    inter = np.minimum(aw, np.float32(w)) * np.minimum(ah, np.float32(h))
+    return inter / (aw * ah + np.float32(w * h) - inter)
+
+
+def _best_anchor(config: YoloConfig, w: float, h: float) -> int:
+    """The anchor (over all layers) darknet assigns a (w, h) truth to, up to float ties."""
+    return int(np.argmax(_shape_ious(config, w, h)))
+
+
+def _assigned_slots(config: YoloConfig, flavor: str, w: float, h: float) -> list[int]:
+    """Mask slots a (w, h) truth is likely assigned to: its best anchor's and (AlexeyAB,
+    iou_thresh < 1) those passing iou_thresh. Plain IoU bounds the other kinds from
+    above for centred boxes, so this may name a slot darknet skips, never miss one.
+    """
+    ious = _shape_ious(config, w, h)
+    best = _best_anchor(config, w, h)
+    extra = flavor == "alexeyab" and np.float32(config.iou_thresh) < 1
+    return [slot for slot, anchor in enumerate(config.mask)
+            if anchor == best or (extra and ious[anchor] > np.float32(config.iou_thresh))]
+
+
+def _plant_prediction(rng: np.random.Generator, x: np.ndarray, b: int, row: np.ndarray, head: HeadGrid,
+                      flavor: str, features: CaseFeatures, applied: set[str]) -> None:
+    """Logits at the truth's cell (or a neighbour) that decode to a box near the truth.
+
+    The jitter is relative to the box size, so tiny and huge boxes overlap
+    their plants equally well; tight plants reach IoUs near 1.
+    """
+    config = head.config
+    i, j = _cell(row, head)
+    if rng.random() < features.plant_neighbour:
+        di, dj = (int(v) for v in rng.integers(-1, 2, size=2))
+        i, j = min(max(i + di, 0), head.grid_w - 1), min(max(j + dj, 0), head.grid_h - 1)
+        applied.add("plant_neighbour")
+    assigned = _assigned_slots(config, flavor, float(row[2]), float(row[3]))
+    wild = rng.random() < features.plant_wild
+    if assigned and (wild or rng.random() < 0.6):
+        slot = assigned[int(rng.integers(0, len(assigned)))]
+    else:
+        slot = int(rng.integers(0, config.n))
+    ch = slot * (5 + config.classes)
+    if wild:  # at the slot the truth is assigned to, where box deltas are written
+        x[b, ch: ch + 4, j, i] = rng.normal(0.0, 5.0, size=4)
+        applied.add("plant_wild")
+    else:
+        x[b, ch: ch + 4, j, i] = _near_box(rng, row, head, config.mask[slot], flavor, features, applied, i, j)
+    x[b, ch + 5: ch + 5 + config.classes, j, i] = _planted_classes(rng, row, config, flavor, features, applied)
+
+
+def _near_box(rng: np.random.Generator, row: np.ndarray, head: HeadGrid, anchor: int, flavor: str,
+              features: CaseFeatures, applied: set[str], i: int, j: int) -> list[float]:
+    """x, y, w, h inputs at cell (i, j) decoding near the truth, jittered relative to its size."""
+    config = head.config
+    tight = rng.random() < features.plant_tight
+    jitter = rng.normal(0.0, 0.02 if tight else 0.15, size=4)
+    applied.add("plant_tight" if tight else "plant")
+    bw, bh = max(float(row[2]), 1e-4), max(float(row[3]), 1e-4)
+    return [_encode_xy(float(row[0]) * head.grid_w - i + jitter[0] * bw * head.grid_w, config, flavor),
+            _encode_xy(float(row[1]) * head.grid_h - j + jitter[1] * bh * head.grid_h, config, flavor),
+            _encode_wh(bw, config.anchors[2 * anchor], config.net_w, config, flavor) + jitter[2],
+            _encode_wh(bh, config.anchors[2 * anchor + 1], config.net_h, config, flavor) + jitter[3]]
+
+
+def _planted_classes(rng: np.random.Generator, row: np.ndarray, config: YoloConfig, flavor: str,
+                     features: CaseFeatures, applied: set[str]) -> np.ndarray:
+    """Class inputs: every probability below 0.25, or exactly one above it (mostly the truth's)."""
+    probs = rng.uniform(0.01, 0.24, size=config.classes)
+    if rng.random() < features.plant_class_match:
+        cls = int(row[4])
+        if not (0 <= cls < config.classes and rng.random() < 0.8):
+            cls = int(rng.integers(0, config.classes))
+        probs[cls] = rng.uniform(0.26, 0.99)
+        applied.add("plant_class_match")
+    else:
+        applied.add("plant_class_blocked")
+    if flavor == "alexeyab" and config.new_coords:
+        return probs  # no logistic with new_coords: the input is the probability
+    return _logit(probs)
+
+
+def _place_nonfinite(rng: np.random.Generator, x: np.ndarray, truth: np.ndarray, active: np.ndarray,
+                     head: HeadGrid, flavor: str) -> None:
+    """NaN in box entries of up to 3 truths' assigned slots and in an objectness, NaN/Inf anywhere.
+
+    Both targeted values go to an image with a truth of an in-range class:
+    darknet only zeroes a non-finite objectness while scanning truths, and
+    only the box deltas of an assignment pass through its NaN fix. A truth
+    assigned to this head is preferred. NaN, because +-Inf in x,
+    y or objectness activates to a finite value (except with new_coords).
+    """
+    config = head.config
+    stride = 5 + config.classes
+    with np.errstate(invalid="ignore"):
+        usable = active & (np.trunc(truth[..., 4]) >= 0) & (np.trunc(truth[..., 4]) < config.classes)
+    rows = [(int(b), int(t), _assigned_slots(config, flavor, *map(float, truth[b, t, 2:4])))
+            for b, t in np.argwhere(usable)]
+    certain = [r for r in rows if _best_anchor(config, *map(float, truth[r[0], r[1], 2:4])) in config.mask]
+    pool = certain or [r for r in rows if r[2]] or rows
+    # w or h: darknet multiplies their IoU derivative by exp(input), so NaN always
+    # reaches the delta; NaN in x or y can vanish in darknet's fmin/fmax
+    entries = (0, 1, 2, 3) if flavor == "alexeyab" and config.new_coords else (2, 3)
+    b = int(rng.integers(0, x.shape[0]))
+    for k in rng.permutation(len(pool))[:3]:
+        b, t, slots = pool[int(k)]
+        i, j = _cell(truth[b, t], head)
+        entry = int(rng.choice(entries))
+        for slot in slots or range(config.n):
+            x[b, slot * stride + entry, j, i] = np.nan
+    a, j, i = int(rng.integers(0, config.n)), int(rng.integers(0, head.grid_h)), int(rng.integers(0, head.grid_w))
+    x[b, a * stride + 4, j, i] = np.nan
+    anywhere = tuple(int(rng.integers(0, s)) for s in x.shape)
+    x[anywhere] = rng.choice(_NONFINITE)
+
+
+# --------------------------------------------------------------------------
+# Which darknet branches generated cases can reach
+
+# Names of darknet_ref's branch counters (yref_branch_name), in enum order.
+BRANCHES = (
+    "ignore", "classmatch_blocked", "objectness_smooth", "truth_thresh", "anchor_outside_mask",
+    "iou_thresh_extra", "rewritten_bbox", "class_shortcut", "averaging", "averaging_divides",
+    "iou_loss_mse", "iou_loss_iou", "iou_loss_giou", "iou_loss_diou", "iou_loss_ciou", "max_delta_clip",
+    "fix_nan_inf", "zero_x_stop", "class_oob", "max_truncated", "obj_nonfinite", "focal", "label_smooth",
+)
+
+
+def enabled_branches(config: YoloConfig, features: CaseFeatures | None = None, *,
+                     flavor: str | None = None) -> set[str]:
+    """The darknet branches that cases generated for ``config`` with ``features`` can reach.
+
+    A branch is enabled when the config turns its code on (``focal`` needs
+    ``focal_loss``, ``averaging`` needs ``iou_thresh < 1``, ...) and the
+    generator produces the input that takes it (``class_oob`` needs
+    ``features.class_oob > 0``, ...). A suite that enables a branch and never
+    takes it tests less than it claims; a test checks that none is left.
+    """
+    features = CaseFeatures() if features is None else features
+    flavor = flavor or config.flavor
+    ab = flavor == "alexeyab"
+    f32 = np.float32
+    iou_loss = config.iou_loss if ab else "mse"
+    thresh_pass = ab and f32(config.iou_thresh) < f32(1.0)
+    planted = features.plant > 0
+    shared = features.shared_cell > 0
+    rules = {
+        "ignore": planted and f32(config.ignore_thresh) < 1,
+        "classmatch_blocked": ab and planted and f32(config.ignore_thresh) < 1 and features.plant_class_match < 1,
+        "objectness_smooth": ab and bool(config.objectness_smooth),
+        "truth_thresh": planted and f32(config.truth_thresh) < 1,
+        "anchor_outside_mask": config.n < config.num,
+        "iou_thresh_extra": thresh_pass and config.num > 1,
+        "rewritten_bbox": shared,
+        "class_shortcut": shared,
+        "averaging": thresh_pass,
+        "averaging_divides": thresh_pass and shared and config.classes > 1,
+        f"iou_loss_{iou_loss}": True,
+        "max_delta_clip": (ab and iou_loss != "mse" and config.max_delta != FLT_MAX and planted
+                           and features.plant_wild > 0),
+        "fix_nan_inf": ab and iou_loss != "mse" and features.nonfinite > 0,
+        "zero_x_stop": features.empty_image > 0 or features.mid_terminator > 0,
+        "class_oob": ab and features.class_oob > 0,
+        "max_truncated": features.over_max > 0 and over_max_possible(config, flavor),
+        "obj_nonfinite": ab and features.nonfinite > 0,
+        "focal": ab and bool(config.focal_loss),
+        "label_smooth": ab and config.label_smooth_eps != 0 and not config.focal_loss,
+    }
+    return {name for name, on in rules.items() if on}
+
+
+def forced_features(features: CaseFeatures, configs: Iterable[YoloConfig], flavor: str) -> list[str]:
+    """The rare features a suite forces once each for these configs (those that can occur)."""
+    configs = list(configs)
+    names = []
+    for name in FORCEABLE:
+        if getattr(features, name) <= 0:
+            continue
+        if name == "class_oob" and flavor != "alexeyab":
+            continue
+        if name == "over_max" and not all(over_max_possible(c, flavor) for c in configs):
+            continue
+        names.append(name)
+    return names

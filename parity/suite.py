@@ -255,8 +255,15 @@ def run_cases(refs: Sequence[CaseRef], opts: RunOptions, jobs: int = 1,
                 progress(res)
 
     if jobs <= 1:
-        for item in work:
-            collect(_run_group(item))
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)   # small per-case tensors: threads only add synchronisation
+        try:
+            for item in work:
+                collect(_run_group(item))
+        finally:
+            torch.set_num_threads(threads)
     else:
         import multiprocessing as mp
 
