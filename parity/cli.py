@@ -26,9 +26,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "merge": ("parity.commands.merge", "Merge", "combine shard results (run --shard --json) into one report"),
     "verify-reference": ("parity.commands.verify", "VerifyReference",
                          "check the C reference against real darknet: the recorded dev set and a libdarknet"),
-    "record": ("parity.commands.record", "Record", "generate or re-record cases and write them (format v1) with a reference's results"),
-    "explain": ("parity.commands.explain", "Explain", "explain darknet's reasoning at one slot (image, anchor, cell) of a case"),
-    "shrink": ("parity.commands.shrink", "Shrink", "reduce a case a candidate fails on to a small one that still fails"),
+    "record": ("parity.commands.record", "Record",
+               "generate or re-record cases and write them (format v1) with a reference's results"),
+    "explain": ("parity.commands.explain", "Explain",
+                "explain darknet's reasoning at one slot (image, anchor, cell) of a case"),
+    "shrink": ("parity.commands.shrink", "Shrink",
+               "reduce a case a candidate fails on to a small one that still fails"),
 }
 
 

@@ -209,7 +209,7 @@ class _SlotView:
         from ..layer_input import active_rows
         from ..torch_box import Boxes, box_iou
 
-        case, (b, a, j, i) = self.case, self.slot
+        case, b = self.case, self.slot[0]
         cfg = case.config
         truth = case.truth[b]
         read = active_rows(case.truth, cfg.max_boxes)[b]
@@ -323,7 +323,7 @@ class _SlotView:
 
         from ..torch_box import Boxes, box_iou, box_iou_kind
 
-        cfg, (b, *_rest) = self.case.config, self.slot
+        cfg, b = self.case.config, self.slot[0]
         row = self.case.truth[b, t]
         zero = torch.zeros(1)
         tb = Boxes(zero, zero, torch.tensor([float(row[2])]), torch.tensor([float(row[3])]))

@@ -10,6 +10,8 @@ fewer truth rows (darknet's row order and x == 0 terminator kept), fewer
 anchors, a smaller grid window (the stride, hence every prediction in cell
 units, kept), fewer classes (ids remapped). Each step is a valid case.
 
+A recorded case is first compared with its recording; the reduced cases,
+which have none, with the reference (--reference, our C one by default).
 The minimal case is written in format v1 with the reference's output,
 delta and stats, and meta saying what it was shrunk from and how, to --out
 (default: <case>-min.npz). Prints the sizes before and after and the
