@@ -120,4 +120,9 @@ int yref_forward(const yref_config *cfg, const float *input, const float *truth,
 /* Name of a branch counter, for reports ("ignore", "truth_thresh", ...). */
 const char *yref_branch_name(int branch);
 
+/* The calling thread's floating-point control mode (x86: MXCSR; else 0),
+ * and setting it back: see ref_fpmode.c. */
+unsigned yref_fp_mode(void);
+void yref_set_fp_mode(unsigned mode);
+
 #endif

@@ -26,7 +26,8 @@ def _find_ref_dir() -> Path:
 
 
 REF_DIR = _find_ref_dir()
-SOURCES = ("ref_activate.c", "ref_box.c", "ref_cost.c", "ref_deltas.c", "ref_forward.c", "ref_truths.c")
+SOURCES = ("ref_activate.c", "ref_box.c", "ref_cost.c", "ref_deltas.c", "ref_forward.c", "ref_fpmode.c",
+           "ref_truths.c")
 HEADERS = ("yolo_ref.h", "ref_box.h", "ref_layer.h")
 # Strict IEEE float32: darknet's -O2 build is the semantics we reproduce.
 CFLAGS = ["-std=c99", "-O2", "-fno-fast-math", "-ffp-contract=off", "-fno-strict-aliasing"]
@@ -68,6 +69,8 @@ typedef struct yref_stats {
 int yref_forward(const yref_config *cfg, const float *input, const float *truth,
                  float *output, float *delta, int *roles, yref_stats *stats);
 const char *yref_branch_name(int branch);
+unsigned yref_fp_mode(void);
+void yref_set_fp_mode(unsigned mode);
 """
 
 

@@ -27,6 +27,10 @@ Caveats (darknet's, not ours):
   activation and its structs carry GPU fields; such a library is refused.
 * darknet's own allocations are unchecked (pjreddie) or exit on failure
   (AlexeyAB's xcalloc); everything the shim checks comes back as a status.
+* A library built with -Ofast (Debian's is) switches the whole process to
+  flush-to-zero / denormals-are-zero when loaded (a constructor from
+  crtfastmath). The backend restores the process's mode right after loading
+  and runs each library call in the library's own mode.
 """
 from __future__ import annotations
 
@@ -115,6 +119,8 @@ _NEEDS_ALEXEYAB = (
 )
 
 _LOADED: dict[str, ModuleType] = {}
+# The floating-point mode each loaded library set for itself (see _load_keeping_fp_mode).
+_LIBRARY_FP_MODE: dict[str, int] = {}
 _LOAD_LOCK = threading.Lock()
 _CALL_LOCK = threading.Lock()  # the fd redirect is process-wide
 
@@ -251,10 +257,45 @@ def load_shim(library: DarknetLibrary) -> ModuleType:
     with _LOAD_LOCK:
         mod = _LOADED.get(key)
         if mod is None:
-            mod = load_cached(MODULE_NAME, key, make_shim_builder(library))
+            mod = _load_keeping_fp_mode(key, library)
             _check_binding(mod, library)
             _LOADED[key] = mod
     return mod
+
+
+def _load_keeping_fp_mode(key: str, library: DarknetLibrary) -> ModuleType:
+    """Load the shim (and with it the library) without letting the library change the process's FP mode.
+
+    A darknet built with -Ofast (Debian's is) turns on flush-to-zero and
+    denormals-are-zero for the whole process when it is loaded. We note the
+    mode it sets, put ours back, and use its mode only around its own calls.
+    """
+    from .native import load_reference
+
+    fp = load_reference().lib
+    before = fp.yref_fp_mode()
+    mod = load_cached(MODULE_NAME, key, make_shim_builder(library))
+    _LIBRARY_FP_MODE[key] = fp.yref_fp_mode()
+    fp.yref_set_fp_mode(before)
+    return mod
+
+
+class _LibraryFpMode:
+    """Run a library call in the FP mode the library set for itself when loaded."""
+
+    def __init__(self, key: str) -> None:
+        from .native import load_reference
+
+        self.fp = load_reference().lib
+        self.mode = _LIBRARY_FP_MODE.get(key)
+
+    def __enter__(self) -> None:
+        self.saved = self.fp.yref_fp_mode()
+        if self.mode is not None:
+            self.fp.yref_set_fp_mode(self.mode)
+
+    def __exit__(self, *exc: object) -> None:
+        self.fp.yref_set_fp_mode(self.saved)
 
 
 def _shim_config(ffi: Any, config: YoloConfig, flavor: str, shape: Any, truth: np.ndarray,
@@ -306,7 +347,7 @@ def run_libdarknet(config: YoloConfig, x: np.ndarray, t: np.ndarray, flavor: str
     delta = np.empty_like(x)
     result = ffi.new("dps_result *")
     truth_ptr = ffi.from_buffer("float[]", t) if t.size else ffi.NULL
-    with _CALL_LOCK:
+    with _CALL_LOCK, _LibraryFpMode(shim_key(library)):
         status = lib.dps_forward(cfg, ffi.from_buffer("float[]", x), truth_ptr,
                                  ffi.from_buffer("float[]", output, require_writable=True),
                                  ffi.from_buffer("float[]", delta, require_writable=True),

@@ -431,3 +431,27 @@ def test_alexeyab_header_reads_as_alexeyab(alexeyab_lib: dict[str, str]) -> None
     case = _small_case("pjreddie")
     with pytest.raises(BuildError, match="AlexeyAB/darknet's darknet.h .it declares network_state."):
         run_reference(case.config, case.input, case.truth, "pjreddie", backend="libdarknet", **alexeyab_lib)
+
+
+def test_loading_the_library_keeps_the_process_fp_mode(debian_lib: dict[str, str]) -> None:
+    """Debian's -Ofast libdarknet turns on flush-to-zero when loaded; the backend undoes that for us."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from parity.generate import random_case, random_config\n"
+        "from parity.reference import run_reference\n"
+        "from parity.native import load_reference\n"
+        "fp = load_reference().lib\n"
+        "before = fp.yref_fp_mode()\n"
+        "cfg = random_config(np.random.default_rng(1), 'pjreddie')\n"
+        "case = random_case(1, cfg, flavor='pjreddie')\n"
+        f"run_reference(cfg, case.input, case.truth, flavor='pjreddie', backend='libdarknet', "
+        f"darknet_lib={debian_lib['darknet_lib']!r}, darknet_include={debian_lib['darknet_include']!r})\n"
+        "assert fp.yref_fp_mode() == before, (hex(before), hex(fp.yref_fp_mode()))\n"
+        "tiny = np.float32(1e-40)\n"
+        "assert tiny * np.float32(1) != 0, 'subnormals flushed'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
