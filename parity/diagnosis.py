@@ -237,7 +237,7 @@ def _value_causes(views: tuple[np.ndarray, ...], facts: SlotFacts, positives: np
         if not found:
             ratio = term.cand / term.ref
             found = [Cause(name, "unexplained",
-                           f"{name} differs in a way no known cause explains",
+                           "the differences fit none of the known causes",
                            f"{term.ref.size} elements differ; candidate/reference ratio from "
                            f"{_fmt(np.min(ratio))} to {_fmt(np.max(ratio))}", 0.0)]
         causes += found
@@ -273,7 +273,7 @@ def _where_causes(term: _Term, facts: SlotFacts, positives: np.ndarray) -> list[
             apart = _no_overlap(term, facts)
             if _share(apart) >= EXPLAINS:
                 out.append(Cause(term.name, "no_overlap_branch",
-                                 f"{term.name} differs only where the prediction does not overlap its truth: "
+                                 "differs only where the prediction does not overlap its truth: "
                                  f"darknet's {cfg.iou_loss.upper()} derivative there keeps only its extra term "
                                  "(the Iw<=0 || Ih<=0 branch), unlike autograd",
                                  f"{int(apart.sum())} of {apart.size} differing elements have IoU 0",
@@ -390,13 +390,13 @@ def _factor_causes(term: _Term, facts: SlotFacts) -> list[Cause]:
     k, share = _constant(ratio)
     named = _name_constant(k, term.name, facts) if share >= EXPLAINS else None
     if named:   # a known constant is evidence even on a single element
-        return [Cause(term.name, named[0], f"{term.name}: {named[1]}",
+        return [Cause(term.name, named[0], named[1],
                       f"candidate/reference = {_fmt(k)} on {share:.0%} of {ratio.size} elements", share)]
     per_element = _per_element_causes(term, facts, ratio)
     if per_element:
         return per_element
     if share >= EXPLAINS and ratio.size >= 3:
-        return [Cause(term.name, "constant_factor", f"{term.name} is off by a constant factor {_fmt(k)}",
+        return [Cause(term.name, "constant_factor", f"off by a constant factor {_fmt(k)}",
                       f"candidate/reference = {_fmt(k)} on {share:.0%} of {ratio.size} elements", share)]
     if term.name == "cls" and cfg.label_smooth_eps:
         # Smoothed targets are 1 - 0.5*eps (the class) and 0.5*eps (the others): a port that
@@ -411,7 +411,7 @@ def _factor_causes(term: _Term, facts: SlotFacts) -> list[Cause]:
                           f"{off.size} elements", _share(off))]
     if term.name in ("x", "y") and cfg.iou_loss in ("giou", "diou", "ciou"):
         out.append(Cause(term.name, "autograd_iou",
-                         f"{term.name}: autograd of {cfg.iou_loss.upper()} instead of darknet's hand-written "
+                         f"autograd of {cfg.iou_loss.upper()} instead of darknet's hand-written "
                          "derivative (dx_box_iou): its centre-distance/enclosing terms differ",
                          f"candidate/reference spans {_fmt(np.min(ratio))}..{_fmt(np.max(ratio))}", 0.5))
     return out
@@ -449,11 +449,11 @@ def _per_element_causes(term: _Term, facts: SlotFacts, ratio: np.ndarray) -> lis
             named = None if unit else _name_constant(rest, term.name, facts)
             if not (unit or named):
                 continue
-            found = [Cause(term.name, cause, f"{term.name}: {words} (the candidate {direction} it)",
+            found = [Cause(term.name, cause, f"{words} (the candidate {direction} it)",
                            f"candidate/reference = {'' if direction == 'adds' else '1/'}{cause}"
                            f" x {_fmt(rest)} on {rshare:.0%} of {ratio.size} elements", rshare)]
             if named:
-                found.append(Cause(term.name, named[0], f"{term.name}: {named[1]}",
+                found.append(Cause(term.name, named[0], named[1],
                                    f"remaining factor {_fmt(rest)} after {cause}", rshare))
             return found
     return []

@@ -267,13 +267,13 @@ class CaseFeatures:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def forcing(self, name: str) -> CaseFeatures:
-        """These features with ``name`` certain, and what would hide it switched off.
+        """These features with ``name`` certain (``shared_cell``: 0.5), and what would hide it off.
 
         Suites force each rare feature once so that a short run still holds it.
         """
         if name not in FORCEABLE:
             raise ParityError(f"cannot force feature {name!r}; forceable: {', '.join(FORCEABLE)}")
-        changes: dict[str, float] = {name: 1.0}
+        changes: dict[str, float] = {name: _FORCED_VALUE.get(name, 1.0)}
         if name in _IMAGE_LEVEL:
             changes.update({other: 0.0 for other in _IMAGE_LEVEL if other != name})
         else:  # nothing that hides truths
@@ -289,7 +289,10 @@ class CaseFeatures:
 
 _IMAGE_LEVEL = ("empty_image", "mid_terminator", "over_max")
 # Features whose branch needs a truth assigned to the head itself.
-_NEEDS_EVERY_HEAD = ("nonfinite", "plant_wild")
+_NEEDS_EVERY_HEAD = ("nonfinite", "plant_wild", "shared_cell")
+# Forced below certainty: every truth in its predecessor's cell would make one
+# chain of one shape (one head); at 0.5 pairs form, of every head's shapes.
+_FORCED_VALUE = {"shared_cell": 0.5}
 # Rare features a suite forces once each (order: the order they are forced in).
 FORCEABLE = ("empty_image", "mid_terminator", "over_max", "nonfinite", "plant_wild", "class_oob",
              "shared_cell", "border", "tiny", "huge")
@@ -545,17 +548,14 @@ def _head_input(rng: np.random.Generator, head: HeadGrid, truth: np.ndarray, fla
 def _base_logits(rng: np.random.Generator, config: YoloConfig, flavor: str, batch: int, h: int,
                  w: int) -> np.ndarray:
     """Background predictions: logits of a half-trained net (raw values with new_coords)."""
-    x = np.empty((batch, config.channels, h, w), dtype=np.float32)
-    stride = 5 + config.classes
-    for a in range(config.n):
-        ch = a * stride
-        if flavor == "alexeyab" and config.new_coords:
-            x[:, ch: ch + stride] = rng.uniform(0.0, 1.0, size=(batch, stride, h, w))
-            x[:, ch + 2: ch + 4] = rng.uniform(0.1, 1.5, size=(batch, 2, h, w))
-        else:
-            x[:, ch: ch + stride] = rng.normal(0.0, 2.0, size=(batch, stride, h, w))
-            x[:, ch + 2: ch + 4] = rng.normal(0.0, 0.7, size=(batch, 2, h, w))
-    return x
+    shape = (batch, config.n, 5 + config.classes, h, w)
+    if flavor == "alexeyab" and config.new_coords:
+        x = rng.random(shape, dtype=np.float32)
+        x[:, :, 2:4] = 0.1 + 1.4 * rng.random((batch, config.n, 2, h, w), dtype=np.float32)
+    else:
+        x = 2 * rng.standard_normal(shape, dtype=np.float32)
+        x[:, :, 2:4] = 0.7 * rng.standard_normal((batch, config.n, 2, h, w), dtype=np.float32)
+    return x.reshape(batch, config.channels, h, w)
 
 
 def _cell(row: np.ndarray, head: HeadGrid) -> tuple[int, int]:
