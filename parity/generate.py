@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
 import numpy as np
 
 from .case import Case
@@ -215,6 +216,8 @@ def random_config(rng: np.random.Generator, flavor: str) -> YoloConfig:
 
 # Rows added past ``max`` when images may hold more boxes than ``max``.
 OVER_MAX_ROWS = 3
+# Plants per image at most: a crowded image (rows past max=200) gains nothing from more.
+MAX_PLANTED = 32
 _NONFINITE = (np.nan, np.inf, -np.inf)
 
 
@@ -226,8 +229,9 @@ class CaseFeatures:
     same anchor, so deltas are rewritten and averaged), ``border`` (a centre
     exactly on a cell border, or the last float below 1), ``tiny`` / ``huge``
     boxes, ``anchor_sized`` (the shape of an anchor of each head in turn, as
-    real data clusters around its anchors), ``class_oob`` (class id outside ``[0, classes)``; AlexeyAB only,
-    pjreddie refuses them), ``plant`` (a prediction planted over it).
+    real data clusters around its anchors), ``class_oob`` (class id outside
+    ``[0, classes)``; AlexeyAB only, pjreddie refuses them), ``plant`` (a
+    prediction planted over it; at most ``MAX_PLANTED`` per image).
     Per planted prediction: ``plant_class_match`` (exactly one class
     probability above 0.25; otherwise all below, so the ignore test's class
     match fails), ``plant_tight`` (IoU near 1: truth_thresh),
@@ -236,8 +240,8 @@ class CaseFeatures:
     past ``max_delta`` on every head, not only on tiny boxes).
     Per image: ``empty_image`` (no truths), ``mid_terminator`` (an ``x == 0``
     row inside the list with real boxes after it), ``over_max`` (real boxes
-    in the rows past ``max``). Per case: ``nonfinite`` (NaN/Inf logits, in an
-    objectness, in a truth's box entries and anywhere).
+    in the rows past ``max``). Per case: ``nonfinite`` (NaN/Inf logits: in an
+    objectness, in box entries of truths' assigned slots, and anywhere).
     """
 
     plant: float = 0.6
@@ -267,27 +271,30 @@ class CaseFeatures:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def forcing(self, name: str) -> CaseFeatures:
-        """These features with ``name`` certain (``shared_cell``: 0.5), and what would hide it off.
+        """These features with ``name`` certain (``shared_cell``: 0.5) and the other disruptive ones off.
 
-        Suites force each rare feature once so that a short run still holds it.
+        Suites force each rare feature once so that a short run still holds
+        it. The forced sample holds no other disruptive feature (NaN, wild
+        plants, skipped or hidden rows), so it shows its own feature's effect
+        alone, and nothing hides it.
         """
         if name not in FORCEABLE:
             raise ParityError(f"cannot force feature {name!r}; forceable: {', '.join(FORCEABLE)}")
-        changes: dict[str, float] = {name: _FORCED_VALUE.get(name, 1.0)}
-        if name in _IMAGE_LEVEL:
-            changes.update({other: 0.0 for other in _IMAGE_LEVEL if other != name})
-        else:  # nothing that hides truths
-            changes.update(empty_image=0.0, mid_terminator=0.0)
+        changes: dict[str, float] = {other: 0.0 for other in _DISRUPTIVE}
+        changes[name] = _FORCED_VALUE.get(name, 1.0)
         if name.startswith("plant_"):
             changes["plant"] = 1.0
-        if name in _NEEDS_EVERY_HEAD and self.anchor_sized > 0:  # truths for every head
+        if name in _NEEDS_EVERY_HEAD and self.anchor_sized > 0:  # truths for every head, in turn
             changes["anchor_sized"] = 1.0
+            if name != "shared_cell":  # a copied shape would take a head's turn
+                changes["shared_cell"] = 0.0
         if name in ("tiny", "huge"):
-            changes["huge" if name == "tiny" else "tiny"] = 0.0
+            changes.update({"huge" if name == "tiny" else "tiny": 0.0, "anchor_sized": 0.0})
         return dataclasses.replace(self, **changes)
 
 
-_IMAGE_LEVEL = ("empty_image", "mid_terminator", "over_max")
+# Features that hide, skip or poison what the others would show.
+_DISRUPTIVE = ("empty_image", "mid_terminator", "over_max", "nonfinite", "plant_wild", "class_oob")
 # Features whose branch needs a truth assigned to the head itself.
 _NEEDS_EVERY_HEAD = ("nonfinite", "plant_wild", "shared_cell")
 # Forced below certainty: every truth in its predecessor's cell would make one
@@ -510,7 +517,8 @@ def _size(rng: np.random.Generator, space: _TruthSpace, features: CaseFeatures, 
         applied.add("anchor_sized")
         anchors = space.anchors[index % len(space.anchors)]
         aw, ah = anchors[int(rng.integers(0, len(anchors)))]
-        return tuple(float(np.clip(v * np.exp(rng.uniform(-0.3, 0.3)), 1e-3, 1.0)) for v in (aw, ah))  # type: ignore[return-value]
+        sw, sh = np.exp(rng.uniform(-0.15, 0.15, size=2))
+        return float(np.clip(aw * sw, 1e-3, 1.0)), float(np.clip(ah * sh, 1e-3, 1.0))
     r = rng.random()
     if r < features.tiny:
         applied.add("tiny")
@@ -536,7 +544,7 @@ def _head_input(rng: np.random.Generator, head: HeadGrid, truth: np.ndarray, fla
     active = active_rows(truth, config.max_boxes)
     applied: set[str] = set()
     for b in range(truth.shape[0]):
-        for t in np.flatnonzero(active[b]):
+        for t in np.flatnonzero(active[b])[:MAX_PLANTED]:
             if rng.random() < features.plant:
                 _plant_prediction(rng, x, b, truth[b, t], head, flavor, features, applied)
     if rng.random() < features.nonfinite:
@@ -651,13 +659,14 @@ def _planted_classes(rng: np.random.Generator, row: np.ndarray, config: YoloConf
 
 def _place_nonfinite(rng: np.random.Generator, x: np.ndarray, truth: np.ndarray, active: np.ndarray,
                      head: HeadGrid, flavor: str) -> None:
-    """NaN in box entries of up to 3 truths' assigned slots and in an objectness, NaN/Inf anywhere.
+    """NaN in box entries of up to 3 truths' assigned slots and in an objectness; NaN/Inf anywhere.
 
-    Both targeted values go to an image with a truth of an in-range class:
-    darknet only zeroes a non-finite objectness while scanning truths, and
-    only the box deltas of an assignment pass through its NaN fix. A truth
-    assigned to this head is preferred. NaN, because +-Inf in x,
-    y or objectness activates to a finite value (except with new_coords).
+    The objectness NaN goes to an image holding a truth of an in-range class:
+    darknet zeroes a non-finite objectness only while scanning truths. Box
+    NaNs go where darknet assigns a truth (its best anchor in this head's
+    mask, preferably), since only assigned box deltas pass its NaN fix.
+    NaN, because +-Inf in x, y or objectness activates to a finite value
+    (except with new_coords).
     """
     config = head.config
     stride = 5 + config.classes
@@ -670,15 +679,15 @@ def _place_nonfinite(rng: np.random.Generator, x: np.ndarray, truth: np.ndarray,
     # w or h: darknet multiplies their IoU derivative by exp(input), so NaN always
     # reaches the delta; NaN in x or y can vanish in darknet's fmin/fmax
     entries = (0, 1, 2, 3) if flavor == "alexeyab" and config.new_coords else (2, 3)
-    b = int(rng.integers(0, x.shape[0]))
+    image = int(rng.integers(0, x.shape[0]))  # kept only if no image has a usable truth
     for k in rng.permutation(len(pool))[:3]:
-        b, t, slots = pool[int(k)]
-        i, j = _cell(truth[b, t], head)
+        image, t, slots = pool[int(k)]
+        i, j = _cell(truth[image, t], head)
         entry = int(rng.choice(entries))
         for slot in slots or range(config.n):
-            x[b, slot * stride + entry, j, i] = np.nan
+            x[image, slot * stride + entry, j, i] = np.nan
     a, j, i = int(rng.integers(0, config.n)), int(rng.integers(0, head.grid_h)), int(rng.integers(0, head.grid_w))
-    x[b, a * stride + 4, j, i] = np.nan
+    x[image, a * stride + 4, j, i] = np.nan
     anywhere = tuple(int(rng.integers(0, s)) for s in x.shape)
     x[anywhere] = rng.choice(_NONFINITE)
 
@@ -704,6 +713,11 @@ def enabled_branches(config: YoloConfig, features: CaseFeatures | None = None, *
     generator produces the input that takes it (``class_oob`` needs
     ``features.class_oob > 0``, ...). A suite that enables a branch and never
     takes it tests less than it claims; a test checks that none is left.
+
+    It is what a suite must reach, not all that can happen: a NaN x, for
+    one, makes darknet's IoU ignore x and exceed 1, so ``truth_thresh`` fires
+    even at ``truth_thresh=1``. ``max_truncated`` assumes the heads of a
+    sample share ``max`` (rows past the smallest ``max`` are read by the others).
     """
     features = CaseFeatures() if features is None else features
     flavor = flavor or config.flavor

@@ -195,7 +195,7 @@ def test_my_loss(darknet_parity):
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
     assert "worst term x (" in out
-    assert "x is off by a constant factor 2" in out
+    assert "x: off by a constant factor 2" in out
     assert "tiny.cfg#1/head0" in out
 
 

@@ -3,7 +3,9 @@
 Cases come from named profiles (modelled on real cfgs, with variants of every
 option), from real darknet cfg files (one sweep per file, every [yolo] layer
 at its true grid), and from recorded case files. With no --profile, --cfg or
---replay, every shipped profile runs. The candidate (default: this project's
+--replay, the default suite runs: every shipped profile, plus the recorded
+cases in fixtures/ and in the recorded dev set (../shared/recorded or
+$DARKNET_PARITY_RECORDED) when present. The candidate (default: this project's
 PyTorch port) is compared term by term with the reference's delta; failing
 cases get a diagnosis. Exit 0 when every case agrees and every darknet branch
 a profile enables was reached, 1 on a mismatch, 2 on bad input.
@@ -51,15 +53,25 @@ class Run(Command):
         from ..profiles import default_profile_names
         from ..suite import run_suite, shard, suite_refs
 
-        profiles = list(args.profile)
-        if profiles == ["all"] or not (profiles or args.cfg or args.replay):
+        profiles, replay = list(args.profile), list(args.replay)
+        if not (profiles or args.cfg or replay):
+            profiles, replay = ["all"], default_recordings()
+        if profiles == ["all"]:
             profiles = default_profile_names()
         opts = run_options(args)
-        refs = shard(suite_refs(profiles, args.cfg, args.replay, args.cases, args.seed, opts.profiles_extra),
+        refs = shard(suite_refs(profiles, args.cfg, replay, args.cases, args.seed, opts.profiles_extra),
                      args.shard)
         result = run_suite(refs, opts, jobs=max(1, args.jobs), progress=_progress(len(refs)),
                            shard_spec=args.shard)
         return report(result, args)
+
+
+def default_recordings() -> list[str]:
+    """Recorded cases the default suite replays: fixtures/ and the recorded dev set, where present."""
+    from ..replay import FIXTURES_DIR, shared_recorded_dir
+
+    found = [d for d in (FIXTURES_DIR, shared_recorded_dir()) if d is not None and any(d.rglob("*.npz"))]
+    return [str(d) for d in found]
 
 
 def _progress(total: int):
