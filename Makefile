@@ -28,8 +28,12 @@ darknet-lib:
 test: build darknet-lib
 	$(PYTHON) -m pytest -q
 
+# The default suite: the C reference against real darknet (recordings, Debian's
+# library), then the PyTorch port against the reference over every profile,
+# fixtures/ and the recorded dev set.
 parity: build darknet-lib
 	$(PYTHON) -m parity.cli verify-reference
+	$(PYTHON) -m parity.cli run --jobs 2 --html out/parity.html --junit out/parity.xml
 
 clean:
 	rm -rf .make build *.egg-info .pytest_cache
