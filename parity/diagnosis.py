@@ -110,7 +110,7 @@ def _dedupe(causes: list[Cause]) -> list[Cause]:
 def _decision_causes(views: tuple[np.ndarray, ...], facts: SlotFacts) -> Iterator[Cause]:
     ref, cand, _, out = views
     bits = facts.roles
-    border = facts.borderline
+    border = facts.borderline | (facts.borderline_obj if facts.borderline_obj is not None else False)
     cfg = facts.config
     obj_ref, obj_cand = ref[:, :, 4], cand[:, :, 4]
     obj_diff = ((obj_ref != 0) != (obj_cand != 0)) & ~border
@@ -215,7 +215,10 @@ def _differing(views: tuple[np.ndarray, ...], facts: SlotFacts, entries: np.ndar
     both = sel & (ref != 0) & (cand != 0) & np.isfinite(ref) & np.isfinite(cand)
     with np.errstate(invalid="ignore"):
         close = np.abs(cand.astype(np.float64) - ref) <= tol[0] + tol[1] * np.abs(ref.astype(np.float64))
-    differing = both & ~close & ~facts.borderline[:, :, None]
+    border = np.repeat(facts.borderline[:, :, None], ref.shape[2], axis=2)
+    if facts.borderline_obj is not None:
+        border[:, :, 4] |= facts.borderline_obj
+    differing = both & ~close & ~border
     if not differing.any():
         return None
     idx = np.nonzero(differing)

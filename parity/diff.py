@@ -224,7 +224,9 @@ def diff_case(name: str, flavor: str, ref_delta: np.ndarray, cand_delta: np.ndar
     cand = cand_delta.reshape(B, n, E, H, W)
     term_names, term_of_entry = _term_index(C, per_class)
     roles = slot_roles(facts.roles)
-    border = np.broadcast_to(facts.borderline[:, :, None], ref.shape)
+    border = np.repeat(facts.borderline[:, :, None], E, axis=2)
+    if facts.borderline_obj is not None:
+        border[:, :, 4] |= facts.borderline_obj
     decision = (ref != 0) != (cand != 0)
     value = np.zeros(ref.shape, bool)
     result = CaseDiff(name, flavor, tuple(ref_delta.shape), rule.as_dict(), branches=dict(branches or {}))

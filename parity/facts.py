@@ -55,7 +55,12 @@ def slot_roles(bits: np.ndarray) -> np.ndarray:
 
 @dataclass
 class SlotFacts:
-    """Deciding quantities per slot ([B, n, H, W] arrays) and per assignment."""
+    """Deciding quantities per slot ([B, n, H, W] arrays) and per assignment.
+
+    ``borderline`` slots have a decision that changes what every term gets
+    (truth_thresh, ties between truths or anchors, iou_thresh);
+    ``borderline_obj`` slots only an objectness decision (ignore, class match).
+    """
 
     config: YoloConfig
     flavor: str
@@ -68,7 +73,8 @@ class SlotFacts:
     truth: np.ndarray            # [B, rows, 6] as darknet reads it
     truth_valid: np.ndarray      # [B, rows] rows darknet uses
     assignments: dict[str, np.ndarray]   # b, t, a, anchor, j, i, extra (darknet's order)
-    borderline: np.ndarray       # [B, n, H, W] bool
+    borderline: np.ndarray       # [B, n, H, W] bool: every term's decision could go either way
+    borderline_obj: np.ndarray | None = None   # only the objectness decision could (ignore, class match)
     reasons: dict[tuple[int, int, int, int], list[str]] = field(default_factory=dict)
 
 
@@ -133,8 +139,12 @@ def _best_two(pred: Boxes, truths: Any, pjreddie: bool, shape: tuple[int, ...]
     return best, second, best_t
 
 
-def _flag(facts: SlotFacts, mask: np.ndarray, reason: str) -> None:
-    facts.borderline |= mask
+def _flag(facts: SlotFacts, mask: np.ndarray, reason: str, objectness_only: bool = False) -> None:
+    """Mark slots borderline: for every term, or (ignore, class match) for objectness only."""
+    if objectness_only:
+        facts.borderline_obj |= mask
+    else:
+        facts.borderline |= mask
     for idx in map(tuple, np.argwhere(mask)):
         facts.reasons.setdefault(idx, []).append(reason)
 
@@ -144,16 +154,19 @@ def _mark_borderline(facts: SlotFacts, layer: Any, truths: Any, atol: float, rto
     ab = facts.flavor == "alexeyab"
     ignore, tthresh = cfg.ignore_thresh, cfg.truth_thresh
     class_match = facts.max_class_prob > CLASS_MATCH_THRESH if ab else np.ones_like(facts.best_iou, bool)
+    facts.borderline_obj = np.zeros_like(facts.borderline)
     _flag(facts, near(facts.best_iou, ignore, atol, rtol) & class_match,
-          f"best IoU {{:.6g}} is within tolerance of ignore_thresh {ignore:g}")
+          f"best IoU {{:.6g}} is within tolerance of ignore_thresh {ignore:g}", objectness_only=True)
     if ab:
         could_ignore = facts.best_iou > ignore - (atol + rtol * abs(ignore))
         _flag(facts, near(facts.max_class_prob, CLASS_MATCH_THRESH, atol, rtol) & could_ignore,
-              "the largest class probability is within tolerance of 0.25 (class-match test)")
+              "the largest class probability is within tolerance of 0.25 (class-match test)", objectness_only=True)
     _flag(facts, near(facts.best_iou, tthresh, atol, rtol), f"best IoU is within tolerance of truth_thresh {tthresh:g}")
+    # Which truth is best matters only to the truth_thresh path (its class and box);
+    # the ignore test uses the IoU value, the same for either truth.
     tie = near(facts.best_iou - facts.second_iou, 0.0, atol, rtol) & (facts.second_iou > 0)
-    relevant = facts.best_iou > min(ignore, tthresh) - (atol + rtol)
-    _flag(facts, tie & relevant, "two truths have (nearly) the same best IoU")
+    relevant = facts.best_iou > tthresh - (atol + rtol * abs(tthresh))
+    _flag(facts, tie & relevant, "two truths have (nearly) the same best IoU above truth_thresh")
     _anchor_borderline(facts, layer, truths, atol, rtol)
     for idx, reasons in facts.reasons.items():
         facts.reasons[idx] = [r.format(float(facts.best_iou[idx])) for r in reasons]
