@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .agreement import within
 from .errors import ParityError
 from .facts import ROLES, SlotFacts, slot_path, slot_roles
 
@@ -35,10 +36,7 @@ class Tolerance:
     rtol: float = 1e-4
 
     def within(self, cand: np.ndarray, ref: np.ndarray) -> np.ndarray:
-        c, r = cand.astype(np.float64), ref.astype(np.float64)
-        with np.errstate(invalid="ignore"):
-            close = np.abs(c - r) <= self.atol + self.rtol * np.abs(r)
-        return close | (np.isnan(c) & np.isnan(r)) | (np.isinf(r) & (c == r))
+        return within(cand, ref, self.atol, self.rtol)
 
 
 @dataclass(frozen=True)
@@ -110,6 +108,21 @@ class Cell:
     max_abs: float = 0.0
     max_rel: float = 0.0
     max_ulps: int = 0
+
+    @property
+    def failing(self) -> int:
+        return self.decision_mismatches + self.value_mismatches
+
+    def add(self, other: "Cell") -> None:
+        """Fold another case's cell of the same term x role into this one (sums and maxima)."""
+        self.elements += other.elements
+        self.written += other.written
+        self.decision_mismatches += other.decision_mismatches
+        self.value_mismatches += other.value_mismatches
+        self.borderline += other.borderline
+        self.max_abs = max(self.max_abs, other.max_abs)
+        self.max_rel = max(self.max_rel, other.max_rel)
+        self.max_ulps = max(self.max_ulps, other.max_ulps)
 
 
 @dataclass

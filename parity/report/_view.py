@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-if TYPE_CHECKING:  # the writers take result objects; they never need to build one
-    from ..diff import CaseDiff, Mismatch
+if TYPE_CHECKING:  # the writers take result objects; only the table rows are built here
+    from ..diff import CaseDiff, Cell, Mismatch
     from ..suite import SuiteResult
 
 BASE_TERMS = ("x", "y", "w", "h", "obj", "cls")          # parity.diff.TERMS, without importing torch
@@ -36,25 +36,6 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 def printable(text: object) -> str:
     """``text`` with control characters (a stray ESC would restyle a terminal) spelled ``#xNN``."""
     return _CONTROL.sub(lambda m: f"#x{ord(m.group()):02X}", str(text))
-
-
-@dataclass
-class TermRoleRow:
-    """One term x role, summed over cases (counts) or maximised (errors)."""
-
-    term: str
-    role: str
-    elements: int = 0
-    decision_mismatches: int = 0
-    value_mismatches: int = 0
-    borderline: int = 0
-    max_abs: float = 0.0
-    max_rel: float = 0.0
-    max_ulps: int = 0
-
-    @property
-    def failing(self) -> int:
-        return self.decision_mismatches + self.value_mismatches
 
 
 @dataclass
@@ -109,19 +90,14 @@ def _role_key(role: str, order: tuple[str, ...]) -> tuple[int, str]:
     return (order.index(role) if role in order else len(order), role)
 
 
-def term_role_rows(result: "SuiteResult") -> list[TermRoleRow]:
+def term_role_rows(result: "SuiteResult") -> list["Cell"]:
     """The term x role table over all cases, in darknet's term order and the diff's role order."""
-    rows: dict[tuple[str, str], TermRoleRow] = {}
+    from ..diff import Cell
+
+    rows: dict[tuple[str, str], Cell] = {}
     for case in result.cases:
         for cell in case.cells:
-            row = rows.setdefault((cell.term, cell.role), TermRoleRow(cell.term, cell.role))
-            row.elements += cell.elements
-            row.decision_mismatches += cell.decision_mismatches
-            row.value_mismatches += cell.value_mismatches
-            row.borderline += cell.borderline
-            row.max_abs = max(row.max_abs, cell.max_abs)
-            row.max_rel = max(row.max_rel, cell.max_rel)
-            row.max_ulps = max(row.max_ulps, cell.max_ulps)
+            rows.setdefault((cell.term, cell.role), Cell(cell.term, cell.role)).add(cell)
     order = role_order()
     return sorted(rows.values(), key=lambda r: (term_key(r.term), _role_key(r.role, order)))
 
