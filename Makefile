@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 DEBIAN_LIB := /usr/lib/darknet/libdarknet.so
 STAMP := .make/installed
 
-.PHONY: install build darknet-lib test parity bench clean
+.PHONY: install build darknet-lib test parity bench fixtures fuzz sanitize clean
 
 # Install the package (editable) with its test extras; torch is pinned in pyproject.
 $(STAMP): pyproject.toml
@@ -34,6 +34,18 @@ test: build darknet-lib
 parity: build darknet-lib
 	$(PYTHON) -m parity.cli verify-reference
 	$(PYTHON) -m parity.cli run --jobs 2 --html out/parity.html --junit out/parity.xml
+
+# Regenerate the committed recordings of a real darknet training run (Debian's library).
+fixtures: build darknet-lib
+	$(PYTHON) tools/make_fixtures.py
+
+# A long random campaign: C reference vs PyTorch port on 10,000+ cases (not a test).
+fuzz: build
+	$(PYTHON) tools/fuzz.py
+
+# The C reference and the libdarknet shim under AddressSanitizer and UBSan.
+sanitize: install darknet-lib
+	tools/sanitize.sh
 
 clean:
 	rm -rf .make build *.egg-info .pytest_cache

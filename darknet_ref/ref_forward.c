@@ -12,6 +12,7 @@
  * One call, one thread: darknet's per-image threads change nothing but the
  * lost counter increments, which the recordings avoided by running on one CPU.
  */
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 
@@ -320,7 +321,7 @@ static int check_config(const yref_config *c, const float *input, const float *t
     if (c->truth_rows > 0 && !truth)
         return YREF_ERR_NULL;
     /* outputs per image must fit a long without overflow */
-    if ((double)c->w * c->h * c->n * (5.0 + c->classes) * c->batch > 9.0e15)
+    if (c->classes > INT_MAX - 5 || (double)c->w * c->h * c->n * (5.0 + c->classes) * c->batch > 9.0e15)
         return YREF_ERR_SIZE;
     for (a = 0; a < c->n; ++a)
         if (c->mask[a] < 0 || c->mask[a] >= c->total)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import cffi
 
+from .native import sanitize_flags
 
 
 def _find_ref_dir() -> Path:
@@ -101,7 +102,8 @@ def make_builder(module_name: str, ref_dir: Path = REF_DIR) -> cffi.FFI:
         '#include "yolo_ref.h"\n',
         sources=[os.fspath(ref_dir / s) for s in SOURCES],
         include_dirs=[os.fspath(ref_dir)],
-        extra_compile_args=CFLAGS,
+        extra_compile_args=CFLAGS + sanitize_flags(),
+        extra_link_args=sanitize_flags(),
         libraries=["m"],
     )
     return ffi

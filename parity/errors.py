@@ -2,7 +2,8 @@
 
 A ``ParityError`` is bad input (a cfg, a tensor, a library, a candidate): the
 CLI prints its message without a traceback and exits with ``EXIT_USAGE``.
-Anything else escaping is a bug in this project.
+Anything else escaping is a bug in this project. ``DarknetInputWarning`` is
+input darknet accepts and reads its own way, which we mirror.
 """
 from __future__ import annotations
 
@@ -45,3 +46,13 @@ class BuildError(ParityError, RuntimeError):
 
 class CaseFormatError(ParityError, ValueError):
     """A recorded case file that does not follow format v1."""
+
+
+class DarknetInputWarning(UserWarning):
+    """Input darknet accepts but reads differently from how it looks; we mirror darknet.
+
+    Out-of-range class ids (AlexeyAB skips the row), an ``x == 0`` row ending an
+    image's boxes early, more boxes than ``max``. Raised at most once per layer
+    call, naming what darknet will do. Suites generate such input on purpose and
+    silence this category (``parity.suite.compare_case``).
+    """

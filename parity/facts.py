@@ -193,7 +193,10 @@ def _anchor_borderline(facts: SlotFacts, layer: Any, truths: Any, atol: float, r
     truth_boxes = Boxes(*(c[:, None] for c in shapes))
     iou = box_iou(anchor_boxes, truth_boxes, pjreddie=facts.flavor == "pjreddie").numpy()   # [N, total]
     ordered = np.sort(np.where(iou > 0, iou, 0), axis=1)
-    tie = (iou.shape[1] > 1) & near(ordered[:, -1] - ordered[:, -2], 0.0, atol, rtol) & (ordered[:, -2] > 0)
+    if iou.shape[1] > 1:   # with one anchor there is nothing to tie with
+        tie = near(ordered[:, -1] - ordered[:, -2], 0.0, atol, rtol) & (ordered[:, -2] > 0)
+    else:
+        tie = np.zeros(len(b), bool)
     near_thresh = np.zeros(len(b), bool)
     if facts.flavor == "alexeyab" and cfg.iou_thresh < 1:
         kind = box_iou_kind(anchor_boxes, truth_boxes, cfg.iou_thresh_kind).numpy()

@@ -49,7 +49,7 @@ import numpy as np
 from .config import YoloConfig
 from .errors import BuildError, InputError, ParityError
 from .layer_input import check_flavor, check_layer_input
-from .native import load_cached
+from .native import load_cached, sanitize_flags
 from ._build_ref import CONFIG_CDEF, REF_DIR
 from .reference import FLAVOR_CODES, ReferenceResult, fill_layer_struct
 
@@ -221,7 +221,8 @@ def make_shim_builder(library: DarknetLibrary) -> Callable[[str], cffi.FFI]:
             sources=[os.fspath(src / SHIM_SOURCE)],
             include_dirs=[os.fspath(src), os.fspath(REF_DIR), os.fspath(library.include_dir)],
             define_macros=[("DPS_ALEXEYAB", "1" if library.flavor == "alexeyab" else "0")],
-            extra_compile_args=CFLAGS,
+            extra_compile_args=CFLAGS + sanitize_flags(),
+            extra_link_args=sanitize_flags(),
             # The full path (these libraries carry no SONAME) binds this shim to this very
             # file even when another libdarknet.so is loaded; the rpath covers one that has one.
             extra_objects=[os.fspath(library.lib_path)],

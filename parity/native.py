@@ -4,11 +4,17 @@ Both native parts (the C reference and the libdarknet shim) go through
 ``load_cached``: the module is compiled once per content hash into
 ``$DARKNET_PARITY_CACHE`` (default ``~/.cache/darknet-parity``) and loaded
 from there, so concurrent workers and edited sources are both safe.
+
+``$DARKNET_PARITY_SANITIZE`` (e.g. ``address,undefined``) builds them with
+gcc/clang sanitizers (``sanitize_flags``; ``tools/sanitize.sh`` runs them).
+Such a build gets its own cache entry, so it never mixes with a normal one.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+import re
 import shlex
 import shutil
 import sysconfig
@@ -44,6 +50,38 @@ def c_compiler() -> str:
     return exe
 
 
+SANITIZE_ENV = "DARKNET_PARITY_SANITIZE"
+
+
+def sanitize_flags() -> list[str]:
+    """Compile and link flags for the sanitizers in ``$DARKNET_PARITY_SANITIZE``; [] when unset.
+
+    The value is the comma-separated list ``-fsanitize=`` takes
+    (``address,undefined``). A process that loads such a build needs the
+    sanitizer runtime preloaded (``LD_PRELOAD``), as ``tools/sanitize.sh`` does.
+    ``-fno-wrapv`` undoes the ``-fwrapv`` of Python's own CFLAGS, under which
+    signed overflow (undefined in darknet's build) would go unchecked.
+    """
+    value = os.environ.get(SANITIZE_ENV, "").strip()
+    if not value:
+        return []
+    kinds = [k.strip() for k in value.split(",")]
+    bad = [k for k in kinds if not re.fullmatch(r"[a-z][a-z0-9-]*", k)]
+    if bad:
+        raise BuildError(f"${SANITIZE_ENV}={value!r}: {bad[0]!r} is not a sanitizer name "
+                         "(expected a comma-separated list such as address,undefined)")
+    return [f"-fsanitize={','.join(kinds)}", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-g",
+            "-fno-wrapv"]
+
+
+def _sanitized_key(key: str) -> str:
+    """``key``, tagged with the sanitizer flags when there are any."""
+    flags = sanitize_flags()
+    if not flags:
+        return key
+    return f"{key}-san{hashlib.sha256(' '.join(flags).encode()).hexdigest()[:8]}"
+
+
 def _import_from(path: Path, module_name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
@@ -58,9 +96,12 @@ def load_cached(module_name: str, key: str, make_ffi: Callable[[str], cffi.FFI])
 
     The build happens in a private temporary folder; the finished shared
     object is moved into place atomically, so a parallel build is harmless.
+    ``make_ffi`` adds ``sanitize_flags()`` to its compile and link arguments;
+    the target's name gains a tag for them, so sanitized and normal builds
+    never share a cache entry.
     """
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-    target = cache_dir() / f"{module_name}-{key}{suffix}"
+    target = cache_dir() / f"{module_name}-{_sanitized_key(key)}{suffix}"
     if not target.exists():
         c_compiler()
         target.parent.mkdir(parents=True, exist_ok=True)

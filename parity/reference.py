@@ -147,6 +147,8 @@ def run_reference(config: YoloConfig, input: Any, truth: Any, flavor: str | None
     Returns:
         ReferenceResult with float32 ``output`` and ``delta`` in darknet's layout and ``stats``.
     """
+    if not isinstance(config, YoloConfig):
+        raise InputError(f"config must be a parity.config.YoloConfig, got {type(config).__name__}")
     flavor = check_flavor(flavor or config.flavor)
     x, t, shape = check_layer_input(config, input, truth, flavor)
     if backend == "c":

@@ -71,6 +71,8 @@ def suite_refs(profiles: Sequence[str], cfgs: Sequence[str], files: Sequence[str
     from .replay import case_paths
 
     refs: list[CaseRef] = []
+    if cases is not None and cases < 1:
+        raise ParityError(f"--cases {cases}: must be at least 1")
     if profiles:
         known = load_profiles(profiles_extra)
         for name in profiles:
@@ -83,8 +85,14 @@ def suite_refs(profiles: Sequence[str], cfgs: Sequence[str], files: Sequence[str
         if not Path(cfg).is_file():
             raise ParityError(f"{cfg}: no such cfg file")
         count = cases if cases is not None else 4
-        total = count * len(load_cfg(cfg).yolo_layers)
+        layers = len(load_cfg(cfg).yolo_layers)
+        if not layers:
+            raise ParityError(f"{cfg}: no [yolo] section, so there is no layer to check")
+        total = count * layers
         refs += [CaseRef("cfg", str(cfg), k, seed, count) for k in range(total)]
+    for folder in files:
+        if Path(folder).is_dir() and not any(Path(folder).rglob("*.npz")):
+            raise ParityError(f"{folder}: a folder with no case files (.npz) in it")
     refs += [CaseRef("file", str(p)) for p in case_paths(files)]
     return refs
 
@@ -146,7 +154,23 @@ def compare_case(case: Case, opts: RunOptions, name: str | None = None, rule: To
     decisions and branch counts come from the C reference either way.
     ``candidate`` (a ``parity.candidates.Candidate``) overrides ``opts.candidate``
     for in-process callers such as the pytest plugin.
+
+    A candidate that raises or returns the wrong thing, or returns NaN/Inf
+    where the reference's delta is finite, gives a result with ``error`` set
+    (the CLI's exit code 2). ``DarknetInputWarning`` is silenced here:
+    generated suites hold input darknet reads its own way on purpose.
     """
+    import warnings
+
+    from .errors import DarknetInputWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DarknetInputWarning)
+        return _compare_case(case, opts, name, rule, candidate)
+
+
+def _compare_case(case: Case, opts: RunOptions, name: str | None, rule: ToleranceRule | None,
+                  candidate: Any) -> CaseDiff:
     import torch
 
     from .candidates import load_candidate, run_candidate
@@ -177,6 +201,8 @@ def compare_case(case: Case, opts: RunOptions, name: str | None = None, rule: To
                                    device=opts.device)
     try:
         out = run_candidate(candidate, case)
+        if out.nonfinite:
+            _check_nonfinite(candidate, case, out.delta, ref_delta)
     except ParityError as exc:
         failed = CaseDiff(name, case.flavor, tuple(case.input.shape), rule.as_dict(), branches=ours.branches,
                           meta=dict(case.meta))
@@ -196,6 +222,22 @@ def compare_case(case: Case, opts: RunOptions, name: str | None = None, rule: To
 
         result.causes = [dataclasses.asdict(c) for c in diagnose(case, ours, out.delta, facts, result)]
     return result
+
+
+def _check_nonfinite(candidate: Any, case: Case, delta: np.ndarray, ref_delta: np.ndarray) -> None:
+    """ParityError where the candidate's delta is NaN/Inf and darknet's is finite there."""
+    bad = ~np.isfinite(delta) & np.isfinite(ref_delta)
+    count = int(bad.sum())
+    if not count:
+        return
+    b, ch, j, i = (int(v) for v in np.argwhere(bad)[0])
+    entries = 5 + case.config.classes
+    a, entry = divmod(ch, entries)
+    term = ("x", "y", "w", "h", "obj")[entry] if entry < 5 else f"cls{entry - 5}"
+    raise ParityError(
+        f"candidate {candidate.name!r} returned {count} NaN/Inf value{'s' if count != 1 else ''} where darknet's "
+        f"delta is finite (first at image {b}, anchor {a}, cell (j={j}, i={i}), term {term}: candidate "
+        f"{float(delta[b, ch, j, i])!r}, darknet {float(ref_delta[b, ch, j, i])!r})")
 
 
 def _plain(meta: dict[str, Any]) -> dict[str, Any]:

@@ -148,7 +148,8 @@ class TestText:
         assert "enabled but never hit: smoke: truth_thresh" in text
 
     def test_verdict_lines(self):
-        assert "MISMATCH: 2 of 3 cases failed (1 could not be compared); 1 enabled branches never hit" in \
+        # a case that could not be compared makes the verdict an ERROR (the CLI exits 2)
+        assert "ERROR: 2 of 3 cases failed (1 could not be compared); 1 enabled branches never hit" in \
             flat(render(make_result()))
         assert "PARITY: all 1 compared cases match" in flat(render(passing_result()))
 
@@ -160,7 +161,7 @@ class TestText:
         assert "\x1b" not in text              # no color codes, and the error message's ESC is made visible
         assert "#x1B[31mshape" in text
         assert max(map(len, text.splitlines())) <= width
-        assert "MISMATCH" in text
+        assert "ERROR: 2 of 3 cases failed" in text
 
     def test_cap_on_failing_cases(self):
         many = make_result([failing_case() for _ in range(4)])
@@ -264,7 +265,7 @@ class TestHtml:
 
     def test_summary_rule_tables(self, tree):
         text = flat(" ".join(tree.itertext()))
-        assert "MISMATCH: 2 of 3 cases failed" in text and RULE in text
+        assert "ERROR: 2 of 3 cases failed" in text and RULE in text
         assert "smoke: enabled but never hit: truth_thresh" in text
         assert OBJ_CAUSE in text and "x ignores scale_x_y" in text
         assert "could not be compared" in text and "#x1B[31mshape" in text

@@ -158,14 +158,14 @@ static int quiet_begin(quiet_fds *q)
 
 static int check_sizes(const yref_config *c)
 {
-    long long outputs, per_image_truths;
+    long long per_image_truths;
     if (c->batch < 1 || c->w < 1 || c->h < 1 || c->n < 1 || c->total < 1 || c->classes < 1 ||
         c->max_boxes < 0 || c->truth_rows < 0 || (c->truth_cols != 5 && c->truth_cols != 6) ||
         c->net_w < 1 || c->net_h < 1)
         return DPS_ERR_SIZE;
-    outputs = (long long)c->w * c->h * c->n * (5LL + c->classes);
-    if (outputs * c->batch > INT_MAX || (long long)c->batch * c->w * c->h * c->n > INT_MAX ||
-        2LL * c->total > INT_MAX)
+    /* darknet indexes outputs*batch (and every smaller product) in int. Checked in
+     * double: exact while the product fits an int, and it cannot overflow. */
+    if ((double)c->w * c->h * c->n * (5.0 + c->classes) * c->batch > INT_MAX || 2LL * c->total > INT_MAX)
         return DPS_ERR_SIZE;
     /* AlexeyAB sizes its truth buffer as max_boxes * 6 per image, in int. */
     per_image_truths = (long long)c->max_boxes * 6;

@@ -7,6 +7,15 @@ Sources (any mix, at least one):
                        each, at the layer's true grid (--flavor applies)
   --from FILE ...      the input and truth of existing case files (or folders
                        of them), recorded again
+  --darknet-train      a real darknet training run (pjreddie's library, Debian's
+                       package by default): a network built from a cfg it ships
+                       (yolov3-tiny.cfg, at --size with --batch, random weights
+                       from --seed) trains --iterations iterations on its
+                       photographs with the boxes of --labels; after each forward
+                       pass every [yolo] layer's input, truth, output, delta and
+                       cost become one case (see parity.darknet_train). Not
+                       combined with the sources above; --reference does not
+                       apply (darknet itself fills the cases)
 
 Each case is run through the reference (our C reference by default, or a
 real libdarknet) and written as a format-v1 .npz file under --out with its
@@ -92,6 +101,7 @@ class Record(Command):
                             help="extra profile file(s) merged over the shipped ones")
         parser.add_argument("--out", required=True, metavar="DIR", help="folder to write the .npz files to")
         add_reference_arguments(parser)
+        add_darknet_train_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from rich.console import Console
@@ -99,8 +109,13 @@ class Record(Command):
 
         from ..case import save_case
 
+        if args.darknet_train:
+            return record_darknet_training(args)
+        given = [flag for flag, dest in _TRAIN_OPTIONS if getattr(args, dest) is not None]
+        if given:
+            raise ParityError(f"{', '.join(given)}: only with --darknet-train")
         if not (args.profile or args.cfg or args.from_files):
-            raise ParityError("nothing to record: give --profile NAME, --cfg FILE.cfg or --from FILE")
+            raise ParityError("nothing to record: give --profile NAME, --cfg FILE.cfg, --from FILE or --darknet-train")
         if args.cases is not None and args.cases < 1:
             raise ParityError(f"--cases {args.cases}: must be at least 1")
         if args.reference == "c" and (args.darknet_lib or args.darknet_include):
@@ -154,6 +169,77 @@ class Record(Command):
                 yield cid, f"{safe_name(cid)}_seed{args.seed}", (lambda case=case: case)
         for path in files:
             yield str(path), safe_name(path.stem), (lambda path=path: _rerecord(path))
+
+
+# Options of --darknet-train: (flag, dest); each defaults to None so "not given" is visible.
+_TRAIN_OPTIONS = (("--darknet-cfg", "darknet_cfg"), ("--images", "images"), ("--labels", "labels"),
+                  ("--iterations", "iterations"), ("--size", "size"), ("--batch", "batch"),
+                  ("--learning-rate", "learning_rate"))
+
+
+def add_darknet_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """--darknet-train and its options (defaults: Debian's package and the committed fixtures' settings)."""
+    from ..darknet_train import DEFAULT_BATCH, DEFAULT_CFG, DEFAULT_IMAGE_DIR, DEFAULT_ITERATIONS, DEFAULT_SIZE
+
+    group = parser.add_argument_group("darknet training run (--darknet-train)")
+    group.add_argument("--darknet-train", action="store_true",
+                       help="record a real darknet training run (pjreddie's library) instead")
+    group.add_argument("--darknet-cfg", metavar="CFG", help=f"network cfg (default {DEFAULT_CFG})")
+    group.add_argument("--images", metavar="IMAGE", nargs="+",
+                       help=f"JPEG/PNG/BMP images, fed in this order (default: {DEFAULT_IMAGE_DIR}/*.jpg, sorted)")
+    group.add_argument("--labels", metavar="FILE",
+                       help="labels YAML (default: fixtures/darknet-train/labels.yaml, boxes for Debian's photographs)")
+    group.add_argument("--iterations", type=int, metavar="N",
+                       help=f"training iterations (default {DEFAULT_ITERATIONS})")
+    group.add_argument("--size", type=int, metavar="S", help=f"network width and height (default {DEFAULT_SIZE})")
+    group.add_argument("--batch", type=int, metavar="B", help=f"images per iteration (default {DEFAULT_BATCH})")
+    group.add_argument("--learning-rate", type=float, metavar="LR",
+                       help="learning rate (default: the cfg's; burn_in is always 0)")
+
+
+def record_darknet_training(args: argparse.Namespace) -> int:
+    """``record --darknet-train``: run darknet's training and write its [yolo] cases under --out."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..darknet_train import TrainSettings, iter_summary, record_training, write_recording
+
+    if args.profile or args.cfg or args.from_files:
+        raise ParityError("--darknet-train records a darknet training run; it cannot be combined with "
+                          "--profile, --cfg or --from")
+    if args.cases is not None or args.profiles_file:
+        raise ParityError("--cases and --profiles-file do not apply to --darknet-train (use --iterations)")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ParityError(f"--out {out}: exists and is not a folder")
+    defaults = TrainSettings()
+    settings = TrainSettings(
+        cfg=Path(args.darknet_cfg) if args.darknet_cfg else defaults.cfg,
+        images=tuple(Path(p) for p in args.images) if args.images else None,
+        labels=Path(args.labels) if args.labels else defaults.labels,
+        iterations=defaults.iterations if args.iterations is None else args.iterations,
+        size=defaults.size if args.size is None else args.size,
+        batch=defaults.batch if args.batch is None else args.batch,
+        seed=args.seed,
+        learning_rate=args.learning_rate,
+        darknet_lib=Path(args.darknet_lib) if args.darknet_lib else None,
+        darknet_include=Path(args.darknet_include) if args.darknet_include else None,
+    )
+    recording = record_training(settings)
+    paths = write_recording(recording, out)
+    console = Console(soft_wrap=True, highlight=False, width=None if _tty() else 200)
+    for line in iter_summary(recording):
+        console.print(line)
+    table = Table(title=f"recorded from darknet's training run into {out}", title_justify="left")
+    for col in ("file", "iteration", "layer", "input", "truths", "cost"):
+        table.add_column(col, justify="left" if col in ("file", "input") else "right", no_wrap=True)
+    for path, case in zip(paths, recording.cases):
+        truths = int((case.truth[..., 0] != 0).sum())
+        table.add_row(str(path), str(case.meta["iteration"]), str(case.meta["layer"]),
+                      "x".join(map(str, case.input.shape)), str(truths), f"{case.stats['cost']:.6g}")
+    console.print(table)
+    console.print(f"{len(paths)} case(s) written to {out}")
+    return EXIT_OK
 
 
 def _rerecord(path: Path) -> Any:

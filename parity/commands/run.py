@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import EXIT_MISMATCH, EXIT_OK
+from ..errors import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE
 from . import Command, add_reference_arguments
 from .harness_args import add_candidate_arguments, add_diff_arguments, add_output_arguments, run_options
 
@@ -61,9 +61,21 @@ class Run(Command):
         opts = run_options(args)
         refs = shard(suite_refs(profiles, args.cfg, replay, args.cases, args.seed, opts.profiles_extra),
                      args.shard)
+        preflight(opts)
         result = run_suite(refs, opts, jobs=max(1, args.jobs), progress=_progress(len(refs)),
                            shard_spec=args.shard)
-        return report(result, args)
+        return report(result, args, "run")
+
+
+def preflight(opts) -> None:
+    """Fail once, before any case runs, on what would fail every case: the candidate, the library."""
+    from ..candidates import load_candidate
+
+    load_candidate(opts.candidate, convention=opts.convention, layout=opts.layout, device=opts.device)
+    if opts.reference == "libdarknet":
+        from ..libdarknet import find_library, load_shim
+
+        load_shim(find_library(opts.darknet_lib, opts.darknet_include))
 
 
 def default_recordings() -> list[str]:
@@ -91,12 +103,37 @@ def _progress(total: int):
     return advance
 
 
-def report(result, args: argparse.Namespace) -> int:
-    """Render the terminal summary, write the requested files, return the exit code."""
+# Distinct error messages listed on stderr when cases could not be compared.
+MAX_ERRORS_SHOWN = 5
+
+
+def report(result, args: argparse.Namespace, command: str | None = None) -> int:
+    """Render the terminal summary, write the requested files, return the exit code.
+
+    2 if any case could not be compared (its error is also printed on stderr),
+    else 1 on a mismatch or an enabled branch never reached, else 0.
+    """
     from ..report import render_text, write_reports
 
     render_text(result, verbose=args.verbose)
     written = write_reports(result, json=args.json, junit=args.junit, html=args.html)
     for kind, path in written.items():
         print(f"wrote {kind}: {path}")
+    errors = [c for c in result.cases if c.error is not None]
+    if errors:
+        print_case_errors(errors, len(result.cases), f"darknet-parity {command}" if command else "darknet-parity")
+        return EXIT_USAGE
     return EXIT_OK if result.passed else EXIT_MISMATCH
+
+
+def print_case_errors(errors, total: int, prog: str) -> None:
+    """One line per distinct error message on stderr, naming the first case it hit."""
+    by_message: dict[str, list[str]] = {}
+    for case in errors:
+        by_message.setdefault(case.error, []).append(case.case)
+    print(f"{prog}: error: {len(errors)} of {total} case(s) could not be compared", file=sys.stderr)
+    for message, cases in list(by_message.items())[:MAX_ERRORS_SHOWN]:
+        more = f" (and {len(cases) - 1} more case(s))" if len(cases) > 1 else ""
+        print(f"  {cases[0]}{more}: {message}", file=sys.stderr)
+    if len(by_message) > MAX_ERRORS_SHOWN:
+        print(f"  ... {len(by_message) - MAX_ERRORS_SHOWN} more distinct error(s) (see the report)", file=sys.stderr)

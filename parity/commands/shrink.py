@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import EXIT_MISMATCH, EXIT_OK, ParityError
+from ..errors import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, ParityError
 from . import Command, add_reference_arguments
 from .explain import WIDTH, add_case_arguments, case_from_spec, case_label
 from .harness_args import add_candidate_arguments, add_diff_arguments, run_options
@@ -135,6 +135,9 @@ class Shrink(Command):
         final = compare_case(small, dataclasses.replace(opts, diagnose=True, top_k=args.top_k), name=str(out),
                              rule=rule, candidate=candidate)
         _print_summary(console, label, out, case_size(case), case_size(small), steps, kind, final)
+        if final.error:   # the candidate raises or returns NaN/Inf on the minimal case: an input error
+            print(f"darknet-parity shrink: error: {final.error}", file=sys.stderr)
+            return EXIT_USAGE
         return EXIT_MISMATCH if not final.passed else EXIT_OK
 
 

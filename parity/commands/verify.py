@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..agreement import Agreement, compare_runs
-from ..errors import EXIT_MISMATCH, EXIT_OK
+from ..errors import EXIT_MISMATCH, EXIT_OK, ParityError
 from ..replay import FIXTURES_DIR, replay_paths, shared_recorded_dir
 from ..summary import agreement_table, totals_line
 from . import Command
@@ -74,6 +74,8 @@ class VerifyReference(Command):
         if args.libdarknet_cases <= 0:
             print("libdarknet: skipped (--libdarknet-cases 0)")
         elif not Path(lib).exists():
+            if args.darknet_lib:   # a path the user named must exist; only the Debian default may be absent
+                raise ParityError(f"--darknet-lib {lib}: no such file")
             print(f"libdarknet: skipped ({lib} not found; Debian: apt-get install darknet)")
         else:
             results = libdarknet_agreements(args.libdarknet_cases, args.seed, args.flavor,

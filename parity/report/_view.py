@@ -378,7 +378,7 @@ def verdict_text(result: "SuiteResult") -> str:
                      + (f" ({c.errors} could not be compared)" if c.errors else ""))
     if c.missing_branches:
         parts.append(f"{c.missing_branches} enabled branches never hit")
-    return "MISMATCH: " + "; ".join(parts)
+    return ("ERROR: " if c.errors else "MISMATCH: ") + "; ".join(parts)
 
 
 def run_description(result: "SuiteResult") -> str:
