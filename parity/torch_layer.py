@@ -534,22 +534,42 @@ def _averaging_pass(L: _Layer) -> None:
     d[:, :, 0:4] = torch.where(divide[:, :, None], d[:, :, 0:4] / denom[:, :, None], d[:, :, 0:4])
 
 
-def _magnitude(v: Tensor) -> Tensor:
+def _sequential_sum(values: np.ndarray) -> float:
+    """``values`` added one by one in their own precision, in order (as darknet's loop does).
+
+    Cache-sized chunks, each accumulated after its first element takes the
+    running total: the same additions in the same order as one long loop.
+    """
+    flat = values.reshape(-1)
+    running = flat.dtype.type(0)
+    step = CPU_CHUNK_ELEMENTS
+    for start in range(0, flat.size, step):
+        chunk = flat[start:start + step]   # a view of our own temporary: safe to overwrite
+        chunk[0] += running
+        np.add.accumulate(chunk, out=chunk)
+        running = chunk[-1]
+    return float(running)
+
+
+def _magnitude(v: Tensor, skip_box_rows: bool = False) -> Tensor:
     """darknet's mag_array: sqrt of the float sum of squares, rounded to float (0-d float64).
 
     darknet adds the squares one by one in float32 (memory order), and that
     running sum drifts from the exact one (about 1e-4 relative over ~10^4
-    large deltas). On the CPU we add them the same way (numpy's accumulate is
-    strictly sequential); on a GPU the sum is exact (float64), which would
-    need a host copy of the delta to reproduce the drift.
+    large deltas). On the CPU we add them the same way; on a GPU the sum is
+    exact (float64), as reproducing the drift would need a host copy of the
+    delta. ``skip_box_rows`` zeroes the x, y, w, h rows first (darknet's copy
+    of the delta without its box rows).
     """
     if v.device.type == "cpu":
-        squares = (v * v).contiguous().view(-1).numpy()
-        total = np.add.accumulate(squares, dtype=squares.dtype)[-1] if squares.size else 0.0
-        s = torch.tensor(float(total), dtype=torch.float64)
+        squares = (v * v).numpy()                       # [B, n, E, H, W], a fresh array
+        if skip_box_rows:
+            squares[:, :, :4] = 0
+        total = torch.tensor(_sequential_sum(squares), dtype=torch.float64)
     else:
-        s = (v.double() * v.double()).sum()
-    return torch.sqrt(s).to(v.dtype).double()
+        sq = v.double() * v.double()
+        total = (sq[:, :, 4:] if skip_box_rows else sq).sum()
+    return torch.sqrt(total).to(v.dtype).double()
 
 
 def _squared_magnitude(v: Tensor) -> Tensor:
@@ -575,7 +595,7 @@ def _cost(L: _Layer, stats: dict[str, Tensor]) -> None:
         stats["cost"] = loss
         stats["total_loss"] = loss / batch
         return
-    class_loss = (_f32(cfg.obj_normalizer) * _magnitude(d[:, :, 4:]) ** 2).to(d.dtype)
+    class_loss = (_f32(cfg.obj_normalizer) * _magnitude(d, skip_box_rows=True) ** 2).to(d.dtype)
     if cfg.iou_loss == "mse":
         stats["cost"] = loss
     else:
