@@ -7,6 +7,7 @@ reference produced for them (output, delta, stats), plus provenance (meta).
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import zipfile
@@ -92,8 +93,14 @@ def load_case(path: str | os.PathLike[str]) -> Case:
     return Case(cfg, config, flavor, inp, truth, output, delta, stats, meta, path)
 
 
-def save_case(path: str | os.PathLike[str], case: Case) -> None:
-    """Write ``case`` in format v1 (compressed, no pickles)."""
+def case_bytes(case: Case) -> bytes:
+    """The format-v1 ``.npz`` content of ``case``, built in memory.
+
+    The layout of ``np.savez_compressed`` (one deflated ``KEY.npy`` member per
+    array, no pickles) with a fixed member timestamp, so the same case always
+    gives the same bytes: recordings diff cleanly and a recorder can count
+    its bytes before writing.
+    """
     meta = dict(case.meta)
     meta.setdefault("flavor", case.flavor)
     meta.setdefault("format", FORMAT_VERSION)
@@ -108,5 +115,17 @@ def save_case(path: str | os.PathLike[str], case: Case) -> None:
         arrays["output"] = np.asarray(case.output, dtype=np.float32)
     if case.delta is not None:
         arrays["delta"] = np.asarray(case.delta, dtype=np.float32)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def save_case(path: str | os.PathLike[str], case: Case) -> None:
+    """Write ``case`` in format v1 (compressed, no pickles, reproducible bytes)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **arrays)
+    Path(path).write_bytes(case_bytes(case))

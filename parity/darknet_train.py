@@ -61,11 +61,10 @@ import numpy as np
 from .case import Case
 from .config import PJREDDIE_TRUTH_BOXES, YoloConfig, dump_yolo_cfg, parse_cfg
 from .errors import BuildError, ConfigError, InputError, ParityError
-from .libdarknet import (CFLAGS, DarknetLibrary, _CALL_LOCK, _LOAD_LOCK, _LIBRARY_FP_MODE, _LibraryFpMode,
+from .libdarknet import (DarknetLibrary, _CALL_LOCK, _LOAD_LOCK, _LIBRARY_FP_MODE, _LibraryFpMode,
                          _check_binding, _strip_c_comments, check_library_flavor, find_library, load_shim,
-                         shim_dir, shim_key, SHIM_HEADER, SHIM_SOURCE)
-from .native import load_cached, sanitize_flags
-from ._build_ref import REF_DIR
+                         make_shim_builder, shim_key, SHIM_HEADER)
+from .native import load_cached
 
 DEBIAN_SHARE = Path("/usr/share/darknet")
 DEFAULT_CFG = DEBIAN_SHARE / "cfg" / "yolov3-tiny.cfg"
@@ -414,41 +413,13 @@ def _check_train_header(library: DarknetLibrary) -> None:
 
 
 def train_key(library: DarknetLibrary) -> str:
-    """Cache key: the library (path, size, mtime), its header, the C sources and flags."""
-    stat = library.lib_path.stat()
-    h = hashlib.sha256()
-    for part in (MODULE_NAME, os.fspath(library.lib_path), str(stat.st_size), str(stat.st_mtime_ns),
-                 " ".join(CFLAGS), cffi.__version__):
-        h.update(part.encode() + b"\0")
-    h.update(library.header.read_bytes())
-    src = shim_dir()
-    for path in (src / TRAIN_SOURCE, src / TRAIN_HEADER, src / SHIM_SOURCE, src / SHIM_HEADER,
-                 REF_DIR / "yolo_ref.h"):
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
+    """Cache key: the one-layer shim's, plus the training glue's sources."""
+    return shim_key(library, extra_files=(TRAIN_SOURCE, TRAIN_HEADER), tag=MODULE_NAME)
 
 
 def _builder(library: DarknetLibrary) -> Callable[[str], cffi.FFI]:
-    src = shim_dir()
-
-    def make(module_name: str) -> cffi.FFI:
-        ffi = cffi.FFI()
-        ffi.cdef(CDEF)
-        ffi.set_source(
-            module_name,
-            f'#include "{SHIM_HEADER}"\n#include "{TRAIN_HEADER}"\n',
-            sources=[os.fspath(src / TRAIN_SOURCE)],     # includes libdarknet_shim.c (one unit)
-            include_dirs=[os.fspath(src), os.fspath(REF_DIR), os.fspath(library.include_dir)],
-            define_macros=[("DPS_ALEXEYAB", "0")],
-            extra_compile_args=CFLAGS + sanitize_flags(),
-            extra_link_args=sanitize_flags(),
-            extra_objects=[os.fspath(library.lib_path)],
-            runtime_library_dirs=[os.fspath(library.lib_path.parent)],
-            libraries=["dl"],
-        )
-        return ffi
-
-    return make
+    # darknet_train.c includes libdarknet_shim.c: one unit, sharing its helpers.
+    return make_shim_builder(library, cdef=CDEF, source=TRAIN_SOURCE, headers=(SHIM_HEADER, TRAIN_HEADER))
 
 
 def load_train_shim(library: DarknetLibrary) -> tuple[ModuleType, str]:

@@ -41,7 +41,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import cffi
 import numpy as np
@@ -194,31 +194,40 @@ def check_library_flavor(library: DarknetLibrary, flavor: str) -> None:
             f"flavor={library.flavor!r}")
 
 
-def shim_key(library: DarknetLibrary) -> str:
-    """Cache key: the library (path, size, mtime), its header, the shim sources and flags."""
+def shim_key(library: DarknetLibrary, extra_files: Sequence[str] = (), tag: str = "") -> str:
+    """Cache key: the library (path, size, mtime), its header, the shim sources and flags.
+
+    ``extra_files`` (names in the shim folder) and ``tag`` let another module
+    compiled against the same library (the training glue) key itself the same way.
+    """
     stat = library.lib_path.stat()
     h = hashlib.sha256()
-    for part in (os.fspath(library.lib_path), str(stat.st_size), str(stat.st_mtime_ns), library.flavor,
+    for part in (tag, os.fspath(library.lib_path), str(stat.st_size), str(stat.st_mtime_ns), library.flavor,
                  " ".join(CFLAGS), cffi.__version__):
         h.update(part.encode() + b"\0")
     h.update(library.header.read_bytes())
     src = shim_dir()
-    for path in (src / SHIM_SOURCE, src / SHIM_HEADER, REF_DIR / "yolo_ref.h"):
+    for path in [src / name for name in (*extra_files, SHIM_SOURCE, SHIM_HEADER)] + [REF_DIR / "yolo_ref.h"]:
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 
-def make_shim_builder(library: DarknetLibrary) -> Callable[[str], cffi.FFI]:
-    """An FFI factory for ``load_cached``: the shim against ``library``'s own header."""
+def make_shim_builder(library: DarknetLibrary, *, cdef: str = CDEF, source: str = SHIM_SOURCE,
+                      headers: Sequence[str] = (SHIM_HEADER,)) -> Callable[[str], cffi.FFI]:
+    """An FFI factory for ``load_cached``: C from the shim folder against ``library``'s own header.
+
+    Defaults build the one-layer shim; the training glue passes its own
+    cdef, source and headers.
+    """
     src = shim_dir()
 
     def make(module_name: str) -> cffi.FFI:
         ffi = cffi.FFI()
-        ffi.cdef(CDEF)
+        ffi.cdef(cdef)
         ffi.set_source(
             module_name,
-            f'#include "{SHIM_HEADER}"\n',
-            sources=[os.fspath(src / SHIM_SOURCE)],
+            "".join(f'#include "{h}"\n' for h in headers),
+            sources=[os.fspath(src / source)],
             include_dirs=[os.fspath(src), os.fspath(REF_DIR), os.fspath(library.include_dir)],
             define_macros=[("DPS_ALEXEYAB", "1" if library.flavor == "alexeyab" else "0")],
             extra_compile_args=CFLAGS + sanitize_flags(),

@@ -31,11 +31,8 @@ first, so no file is ever written beyond the cap.
 """
 from __future__ import annotations
 
-import io
-import json
 import os
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -44,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .case import FORMAT_VERSION, Case
+from .case import Case, case_bytes
 from .config import YoloConfig, dump_yolo_cfg, load_cfg, parse_cfg, yolo_config_from_cfg
 from .errors import InputError, ParityError
 from .layer_input import check_layer_input
@@ -91,34 +88,6 @@ def _heads_from(cfg: Any, flavor: str | None) -> list[_Head]:
             raise InputError(f"flavor={flavor!r} differs from the YoloConfig's own flavor")
         return [_Head(c, None, None, None) for c in cfg]
     raise InputError(f"Recorder needs cfg= a cfg path, cfg text or YoloConfig(s), got {type(cfg).__name__}")
-
-
-def _case_bytes(case: Case) -> bytes:
-    """The .npz content ``parity.case.save_case`` writes for ``case``, built in memory (reproducible bytes)."""
-    meta = dict(case.meta)
-    meta.setdefault("flavor", case.flavor)
-    meta.setdefault("format", FORMAT_VERSION)
-    arrays: dict[str, Any] = {
-        "cfg": np.array(case.cfg),
-        "input": np.asarray(case.input, dtype=np.float32),
-        "truth": np.asarray(case.truth, dtype=np.float32),
-        "stats": np.array(json.dumps(case.stats, allow_nan=True)),
-        "meta": np.array(json.dumps(meta)),
-    }
-    if case.output is not None:
-        arrays["output"] = np.asarray(case.output, dtype=np.float32)
-    if case.delta is not None:
-        arrays["delta"] = np.asarray(case.delta, dtype=np.float32)
-    # np.savez_compressed's layout (one deflated ``KEY.npy`` member per array), with a
-    # fixed member timestamp so the same case always gives the same bytes.
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
-        for key, value in arrays.items():
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            with archive.open(info, "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
-    return buffer.getvalue()
 
 
 class Recorder:
@@ -285,7 +254,7 @@ class Recorder:
         written = []
         for h, case in enumerate(cases):
             path = self.out / f"step{step:08d}_head{h}.npz"
-            data = _case_bytes(case)
+            data = case_bytes(case)
             if self.max_bytes is not None and self.bytes_written + len(data) > self.max_bytes:
                 self.stopped = True
                 warnings.warn(f"Recorder: stopped writing at step {step}, head {h}: {path.name} "

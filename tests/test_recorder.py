@@ -15,7 +15,8 @@ from parity.case import load_case, save_case
 from parity.cli import main as cli_main
 from parity.config import YoloConfig, parse_cfg
 from parity.errors import InputError, ParityError
-from parity.record import IMPLEMENTATION, Recorder, RecorderWarning, _case_bytes
+from parity.case import case_bytes
+from parity.record import IMPLEMENTATION, Recorder, RecorderWarning
 from parity.suite import RunOptions, compare_case
 from parity.torch import targets_from_rows
 
@@ -109,7 +110,7 @@ def test_bytes_are_save_case_content(tmp_path):
     for key in ("input", "truth"):
         np.testing.assert_array_equal(getattr(case, key), getattr(again, key))
     assert (case.cfg, case.meta, case.stats) == (again.cfg, again.meta, again.stats)
-    assert _case_bytes(case) == _case_bytes(again)      # reproducible bytes
+    assert case_bytes(case) == case_bytes(again)      # reproducible bytes
 
 
 def test_every_n_steps(tmp_path):
