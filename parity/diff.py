@@ -261,9 +261,25 @@ def diff_case(name: str, flavor: str, ref_delta: np.ndarray, cand_delta: np.ndar
     result.value_mismatches = int(failing_value.sum())
     result.borderline = int(((decision | value) & border).sum())
     result.mismatches = _first_mismatches(ref, cand, facts, failing_decision, failing_value,
-                                          (decision | value) & border, term_names, term_of_entry, top_k,
-                                          exact_delta.reshape(ref.shape) if exact_delta is not None else None)
+                                          (decision | value) & border, term_names, term_of_entry, top_k)
+    if exact_delta is not None:
+        add_exact(result, exact_delta, E)
     return result
+
+
+def add_exact(result: CaseDiff, exact_delta: np.ndarray, entries: int) -> None:
+    """Give each listed value mismatch the float64 value and which side is closer to it.
+
+    ``exact_delta`` is the PyTorch port in float64 ([B, n*entries, H, W],
+    ``entries`` = 5 + classes); only listed value mismatches read it, so a
+    caller need compute it only when ``result`` lists one.
+    """
+    for m in result.mismatches:
+        if m.kind != "value":
+            continue
+        m.exact = x = float(exact_delta[m.image, m.anchor * entries + m.entry, m.j, m.i])
+        dr, dc = abs(m.reference - x), abs(m.candidate - x)
+        m.closer = "tie" if dr == dc else ("reference" if dr < dc else "candidate")
 
 
 def _fill_term(result: CaseDiff, term: str, ref: np.ndarray, cand: np.ndarray, roles: np.ndarray,
@@ -292,7 +308,7 @@ def _fill_term(result: CaseDiff, term: str, ref: np.ndarray, cand: np.ndarray, r
 
 
 def _first_mismatches(ref, cand, facts, failing_decision, failing_value, borderline, term_names, term_of_entry,
-                      top_k: int, exact) -> list[Mismatch]:
+                      top_k: int) -> list[Mismatch]:
     """Up to ``top_k`` failures (decisions first), then borderline ones, with context."""
     picked: list[tuple[str, tuple[int, ...], bool]] = []
     for mask, kind, is_border in ((failing_decision, "decision", False), (failing_value, "value", False),
@@ -308,12 +324,6 @@ def _first_mismatches(ref, cand, facts, failing_decision, failing_value, borderl
         r, c = float(ref[b, a, e, j, i]), float(cand[b, a, e, j, i])
         if kind == "borderline":
             kind = "decision" if (r != 0) != (c != 0) else "value"
-        m = Mismatch(kind, *slot[:2], slot[2], slot[3], term_names[term_of_entry[e]], int(e), r, c,
-                     paths[slot]["role"], is_border, context=paths[slot])
-        if exact is not None and kind == "value":
-            x = float(exact[b, a, e, j, i])
-            m.exact = x
-            dr, dc = abs(r - x), abs(c - x)
-            m.closer = "tie" if dr == dc else ("reference" if dr < dc else "candidate")
-        out.append(m)
+        out.append(Mismatch(kind, *slot[:2], slot[2], slot[3], term_names[term_of_entry[e]], int(e), r, c,
+                            paths[slot]["role"], is_border, context=paths[slot]))
     return out

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .case import Case, load_case
-from .diff import CaseDiff, ToleranceRule, diff_case, load_tolerances
+from .diff import CaseDiff, ToleranceRule, add_exact, diff_case, load_tolerances
 from .errors import ParityError
 
 SCHEMA = "darknet-parity/suite-result/1"
@@ -208,13 +208,12 @@ def _compare_case(case: Case, opts: RunOptions, name: str | None, rule: Toleranc
                           meta=dict(case.meta))
         failed.error = str(exc)
         return failed
-    exact = None
-    if not ((out.delta != 0) == (ref_delta != 0)).all() or not np.allclose(out.delta, ref_delta, equal_nan=True):
+    result = diff_case(name, case.flavor, ref_delta, out.delta, facts, rule=rule, per_class=opts.per_class,
+                       top_k=opts.top_k, branches=ours.branches)
+    if any(m.kind == "value" for m in result.mismatches):   # which side is closer: recompute in float64
         _, d64, _ = yolo_forward(torch.from_numpy(case.input), torch.from_numpy(case.truth), case.config,
                                  case.flavor, dtype=torch.float64)
-        exact = d64.numpy()
-    result = diff_case(name, case.flavor, ref_delta, out.delta, facts, rule=rule, per_class=opts.per_class,
-                       top_k=opts.top_k, exact_delta=exact, branches=ours.branches)
+        add_exact(result, d64.numpy(), 5 + case.config.classes)
     result.meta = _plain(case.meta)
     result.meta["convention"] = out.convention
     if not result.passed and opts.diagnose:
