@@ -33,7 +33,7 @@ test: build darknet-lib
 # fixtures/ and the recorded dev set.
 parity: build darknet-lib
 	$(PYTHON) -m parity.cli verify-reference
-	$(PYTHON) -m parity.cli run --jobs 2 --html out/parity.html --junit out/parity.xml
+	$(PYTHON) -m parity.cli run --jobs 2 --require-coverage --html out/parity.html --junit out/parity.xml
 
 # Regenerate the committed recordings of a real darknet training run (Debian's library).
 fixtures: build darknet-lib

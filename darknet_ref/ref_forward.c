@@ -34,6 +34,53 @@ static float class_multiplier(const yref_config *c, int class_id)
     return c->classes_multipliers ? c->classes_multipliers[class_id] : 1.0f;
 }
 
+/* The largest class probability of a slot (NaN never wins): the quantity of
+ * AlexeyAB's "some class > 0.25" test, for the decision export only. */
+static float max_class_prob(ref_layer *L, int b, int a, int j, int i)
+{
+    float best = 0;
+    int n;
+    for (n = 0; n < L->cfg->classes; ++n) {
+        const float p = L->output[ref_index(L, b, a, ENTRY_CLASS0 + n, j, i)];
+        if (p > best)
+            best = p;
+    }
+    return best;
+}
+
+/* What the cell pass decided at one slot, into the decision export. */
+typedef struct cell_decision {
+    rbox pred;
+    float best_iou, second_iou, best_match_iou, max_class_prob;
+    int best_truth, class_match;
+} cell_decision;
+
+static void export_cell(ref_layer *L, int b, int a, int j, int i, const cell_decision *cd)
+{
+    yref_decisions *d = L->dec;
+    const long k = ref_slot(L, b, a, j, i);
+    if (!d)
+        return;
+    if (d->best_iou)
+        d->best_iou[k] = cd->best_iou;
+    if (d->second_iou)
+        d->second_iou[k] = cd->second_iou;
+    if (d->best_truth)
+        d->best_truth[k] = cd->best_iou > 0 ? cd->best_truth : -1;
+    if (d->best_match_iou)
+        d->best_match_iou[k] = cd->best_match_iou;
+    if (d->max_class_prob)
+        d->max_class_prob[k] = cd->max_class_prob;
+    if (d->class_match)
+        d->class_match[k] = cd->class_match;
+    if (d->pred_box) {
+        d->pred_box[4 * k + 0] = cd->pred.x;
+        d->pred_box[4 * k + 1] = cd->pred.y;
+        d->pred_box[4 * k + 2] = cd->pred.w;
+        d->pred_box[4 * k + 3] = cd->pred.h;
+    }
+}
+
 /* Per-image sums darknet keeps in float before adding them up over images. */
 typedef struct image_sums {
     float tot_iou, tot_iou_loss, tot_giou_loss;
@@ -49,7 +96,7 @@ static void cell_pass_alexeyab(ref_layer *L, int b, int a, int j, int i)
     rbox pred = ref_pred_box(L, b, a, c->mask[a], j, i);
     /* The class-match test does not depend on the truth: evaluate it once. */
     const int class_match = any_class_above(L, b, a, j, i, 0.25f);
-    float best_match_iou = 0, best_iou = 0;
+    float best_match_iou = 0, best_iou = 0, second_iou = 0;
     int best_t = 0, t;
 
     for (t = 0; t < limit; ++t) {
@@ -68,10 +115,24 @@ static void cell_pass_alexeyab(ref_layer *L, int b, int a, int j, int i)
             if (iou > best_match_iou && class_match)
                 best_match_iou = iou;
             if (iou > best_iou) {
+                second_iou = best_iou;
                 best_iou = iou;
                 best_t = t;
+            } else if (iou > second_iou) {
+                second_iou = iou;
             }
         }
+    }
+    if (L->dec) {
+        cell_decision cd;
+        cd.pred = pred;
+        cd.best_iou = best_iou;
+        cd.second_iou = second_iou;
+        cd.best_match_iou = best_match_iou;
+        cd.max_class_prob = max_class_prob(L, b, a, j, i);
+        cd.best_truth = best_t;
+        cd.class_match = class_match;
+        export_cell(L, b, a, j, i, &cd);
     }
 
     L->delta[obj] = c->obj_normalizer * (0 - L->output[obj]);
@@ -118,7 +179,7 @@ static void cell_pass_pjreddie(ref_layer *L, int b, int a, int j, int i)
     const int limit = ref_truth_limit(L);
     const long obj = ref_index(L, b, a, ENTRY_OBJ, j, i);
     rbox pred = ref_pred_box(L, b, a, c->mask[a], j, i);
-    float best_iou = 0;
+    float best_iou = 0, second_iou = 0;
     int best_t = 0, t;
 
     for (t = 0; t < limit; ++t) {
@@ -128,10 +189,23 @@ static void cell_pass_pjreddie(ref_layer *L, int b, int a, int j, int i)
         {
             const float iou = rbox_iou(pred, tr.box, 1);
             if (iou > best_iou) {
+                second_iou = best_iou;
                 best_iou = iou;
                 best_t = t;
+            } else if (iou > second_iou) {
+                second_iou = iou;
             }
         }
+    }
+    if (L->dec) {
+        cell_decision cd;
+        cd.pred = pred;
+        cd.best_iou = cd.best_match_iou = best_iou;
+        cd.second_iou = second_iou;
+        cd.max_class_prob = 0;
+        cd.best_truth = best_t;
+        cd.class_match = 1;
+        export_cell(L, b, a, j, i, &cd);
     }
     L->delta[obj] = 0 - L->output[obj];
     if (best_iou > c->ignore_thresh) {
@@ -170,7 +244,29 @@ static rbox anchor_shape(const yref_config *c, int anchor)
 
 /* Step 2 for one truth assigned to anchor slot a (darknet's biases index
  * `anchor`) at cell (j, i): box, objectness and class deltas. */
-static void assign(ref_layer *L, image_sums *sums, ref_truth tr, int b, int a, int anchor, int j, int i)
+/* One truth-pass write, appended to the decision export (counted past the capacity, never stored there). */
+static void export_assignment(ref_layer *L, int b, int t, int a, int anchor, int j, int i, int extra, float iou)
+{
+    yref_decisions *d = L->dec;
+    if (!d)
+        return;
+    if (d->assign && d->assign_count < d->assign_capacity) {
+        int *row = d->assign + 7 * d->assign_count;
+        row[0] = b;
+        row[1] = t;
+        row[2] = a;
+        row[3] = anchor;
+        row[4] = j;
+        row[5] = i;
+        row[6] = extra;
+        if (d->assign_iou)
+            d->assign_iou[d->assign_count] = iou;
+    }
+    d->assign_count++;
+}
+
+static void assign(ref_layer *L, image_sums *sums, ref_truth tr, int b, int t, int a, int anchor, int j, int i,
+                   int extra)
 {
     const yref_config *c = L->cfg;
     const long obj = ref_index(L, b, a, ENTRY_OBJ, j, i);
@@ -178,6 +274,7 @@ static void assign(ref_layer *L, image_sums *sums, ref_truth tr, int b, int a, i
     const float cm = pjreddie ? 1.0f : class_multiplier(c, tr.class_id);
     ref_ious ious = ref_delta_box(L, tr.box, b, a, anchor, j, i, 2 - tr.box.w * tr.box.h,
                                   pjreddie ? 1.0f : c->iou_normalizer * cm);
+    export_assignment(L, b, t, a, anchor, j, i, extra, ious.iou);
     if (!pjreddie)
         L->stats->total_bbox++;
     sums->tot_iou += ious.iou;
@@ -236,6 +333,35 @@ static int check_truths(ref_layer *L)
     return YREF_OK;
 }
 
+/* A used truth row into the decision export: its best anchor, cell and the
+ * anchor IoUs (recomputed here with the same function and arguments as the
+ * choice just made, so the same floats). */
+static void export_truth(ref_layer *L, int b, int t, rbox shape, int best_n, int i, int j)
+{
+    const yref_config *c = L->cfg;
+    yref_decisions *d = L->dec;
+    const long row = (long)b * c->truth_rows + t;
+    const int pjreddie = c->flavor == YREF_PJREDDIE;
+    int n;
+    if (!d)
+        return;
+    if (d->truth_used)
+        d->truth_used[row] = 1;
+    if (d->truth_best_anchor)
+        d->truth_best_anchor[row] = best_n;
+    if (d->truth_i)
+        d->truth_i[row] = i;
+    if (d->truth_j)
+        d->truth_j[row] = j;
+    for (n = 0; n < c->total; ++n) {
+        if (d->anchor_iou)
+            d->anchor_iou[row * c->total + n] = rbox_iou(anchor_shape(c, n), shape, pjreddie);
+        if (d->anchor_thresh_iou)
+            d->anchor_thresh_iou[row * c->total + n] =
+                pjreddie ? 0 : rbox_iou_kind(anchor_shape(c, n), shape, c->iou_thresh_kind);
+    }
+}
+
 /* Step 2 for one image. Returns a status (a truth outside the grid). */
 static int truth_pass(ref_layer *L, int b, image_sums *sums)
 {
@@ -270,10 +396,11 @@ static int truth_pass(ref_layer *L, int b, image_sums *sums)
                 best_n = n;
             }
         }
+        export_truth(L, b, t, shape, best_n, i, j);
         a = mask_slot(c, best_n);
         if (a >= 0) {
             ref_mark(L, b, a, j, i, YREF_ROLE_BEST_ANCHOR);
-            assign(L, sums, tr, b, a, best_n, j, i);
+            assign(L, sums, tr, b, t, a, best_n, j, i, 0);
         } else {
             ref_count(L, YREF_BR_ANCHOR_OUTSIDE_MASK);
         }
@@ -286,7 +413,7 @@ static int truth_pass(ref_layer *L, int b, image_sums *sums)
             if (rbox_iou_kind(anchor_shape(c, n), shape, c->iou_thresh_kind) > c->iou_thresh) {
                 ref_mark(L, b, slot, j, i, YREF_ROLE_EXTRA_ANCHOR);
                 ref_count(L, YREF_BR_IOU_THRESH_EXTRA);
-                assign(L, sums, tr, b, slot, n, j, i);
+                assign(L, sums, tr, b, t, slot, n, j, i, 1);
             }
         }
     }
@@ -304,8 +431,11 @@ static void averaging_pass(ref_layer *L, int b)
     for (j = 0; j < c->h; ++j)
         for (i = 0; i < c->w; ++i)
             for (a = 0; a < c->n; ++a)
-                if (L->delta[ref_index(L, b, a, ENTRY_OBJ, j, i)] != 0)
-                    ref_average_box(L, b, a, j, i);
+                if (L->delta[ref_index(L, b, a, ENTRY_OBJ, j, i)] != 0) {
+                    const int divisor = ref_average_box(L, b, a, j, i);
+                    if (L->dec && L->dec->divisor)
+                        L->dec->divisor[ref_slot(L, b, a, j, i)] = divisor;
+                }
 }
 
 static int check_config(const yref_config *c, const float *input, const float *truth,
@@ -334,8 +464,55 @@ static int check_config(const yref_config *c, const float *input, const float *t
     return YREF_OK;
 }
 
+/* Initial values of the decision export: nothing decided yet. */
+static void clear_decisions(const yref_config *c, yref_decisions *d)
+{
+    const long slots = (long)c->batch * c->n * c->h * c->w;
+    const long rows = (long)c->batch * c->truth_rows;
+    long k;
+    if (d->best_iou)
+        memset(d->best_iou, 0, sizeof(float) * slots);
+    if (d->second_iou)
+        memset(d->second_iou, 0, sizeof(float) * slots);
+    if (d->best_match_iou)
+        memset(d->best_match_iou, 0, sizeof(float) * slots);
+    if (d->max_class_prob)
+        memset(d->max_class_prob, 0, sizeof(float) * slots);
+    if (d->class_match)
+        memset(d->class_match, 0, sizeof(int) * slots);
+    if (d->divisor)
+        memset(d->divisor, 0, sizeof(int) * slots);
+    if (d->pred_box)
+        memset(d->pred_box, 0, sizeof(float) * 4 * slots);
+    if (d->best_truth)
+        for (k = 0; k < slots; ++k)
+            d->best_truth[k] = -1;
+    if (d->truth_used)
+        memset(d->truth_used, 0, sizeof(int) * rows);
+    for (k = 0; k < rows; ++k) {
+        if (d->truth_best_anchor)
+            d->truth_best_anchor[k] = -1;
+        if (d->truth_i)
+            d->truth_i[k] = -1;
+        if (d->truth_j)
+            d->truth_j[k] = -1;
+    }
+    if (d->anchor_iou)
+        memset(d->anchor_iou, 0, sizeof(float) * rows * c->total);
+    if (d->anchor_thresh_iou)
+        memset(d->anchor_thresh_iou, 0, sizeof(float) * rows * c->total);
+    d->assign_count = 0;
+}
+
 int yref_forward(const yref_config *cfg, const float *input, const float *truth,
                  float *output, float *delta, int *roles, yref_stats *stats)
+{
+    return yref_forward_decisions(cfg, input, truth, output, delta, roles, stats, NULL);
+}
+
+int yref_forward_decisions(const yref_config *cfg, const float *input, const float *truth,
+                           float *output, float *delta, int *roles, yref_stats *stats,
+                           yref_decisions *decisions)
 {
     ref_layer L;
     int status = check_config(cfg, input, truth, output, delta, stats);
@@ -351,6 +528,12 @@ int yref_forward(const yref_config *cfg, const float *input, const float *truth,
     L.roles = roles;
     L.truth = truth;
     L.stats = stats;
+    L.dec = decisions;
+    if (decisions) {
+        if (decisions->assign_capacity < 0)
+            return YREF_ERR_SIZE;
+        clear_decisions(cfg, decisions);
+    }
     L.stride = (long)cfg->w * cfg->h;
     L.outputs = L.stride * cfg->n * (5 + cfg->classes);
     L.status = YREF_OK;

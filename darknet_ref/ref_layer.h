@@ -24,6 +24,7 @@ typedef struct ref_layer {
     long stride;                /* w*h: distance between entries of one anchor */
     long outputs;               /* per image: n*(5+classes)*w*h */
     int status;                 /* first error seen (YREF_OK if none) */
+    yref_decisions *dec;        /* may be NULL */
 } ref_layer;
 
 /* One truth row as darknet reads it. */
@@ -57,6 +58,13 @@ static inline void ref_mark(ref_layer *L, int b, int a, int j, int i, int flag)
     L->roles[(((long)b * c->n + a) * c->h + j) * c->w + i] |= flag;
 }
 
+/* Offset of slot (b, a, j, i) in the per-slot arrays [batch, n, h, w]. */
+static inline long ref_slot(const ref_layer *L, int b, int a, int j, int i)
+{
+    const yref_config *c = L->cfg;
+    return (((long)b * c->n + a) * c->h + j) * c->w + i;
+}
+
 static inline void ref_count(ref_layer *L, int branch)
 {
     L->stats->branches[branch]++;
@@ -79,7 +87,7 @@ typedef struct ref_ious {
 ref_ious ref_delta_box(ref_layer *L, rbox truth, int b, int a, int anchor, int j, int i,
                        float scale, float iou_normalizer);
 void ref_delta_class(ref_layer *L, int b, int a, int j, int i, int class_id);
-void ref_average_box(ref_layer *L, int b, int a, int j, int i);
+int ref_average_box(ref_layer *L, int b, int a, int j, int i);
 
 /* ref_cost.c */
 void ref_cost(ref_layer *L);

@@ -111,11 +111,47 @@ typedef struct yref_stats {
 } yref_stats;
 
 /*
+ * darknet's decisions, written by the pass that makes them. Every pointer may
+ * be NULL (not wanted). Sizes: per slot batch*n*h*w entries (pred_box four
+ * times that); per truth row batch*truth_rows; per row and anchor
+ * batch*truth_rows*total; assign 7*assign_capacity ints and assign_iou
+ * assign_capacity floats. Nothing is written past those sizes.
+ */
+typedef struct yref_decisions {
+    /* per slot [batch, n, h, w] */
+    float *best_iou;        /* cell pass: best IoU of the predicted box over the used truths (0 if none > 0) */
+    float *second_iou;      /* the runner-up over the other truths (a tie equals best_iou); 0 if none */
+    int *best_truth;        /* the truth row giving best_iou; -1 when best_iou stayed 0 */
+    float *best_match_iou;  /* AlexeyAB: the best IoU the class-match test lets through; pjreddie: best_iou */
+    float *max_class_prob;  /* AlexeyAB: largest class probability (NaN never wins); pjreddie: 0 */
+    int *class_match;       /* AlexeyAB: some class probability > 0.25; pjreddie: 1 */
+    int *divisor;           /* averaging: classes the box delta was divided by; 0 where nothing was divided */
+    float *pred_box;        /* [.., 4] the predicted box x, y, w, h the cell pass compared */
+    /* per truth row [batch, truth_rows]; unused rows: 0 / -1 */
+    int *truth_used;        /* the truth pass uses the row */
+    int *truth_best_anchor; /* best anchor over all anchors by shape IoU (-1: unused) */
+    int *truth_i, *truth_j; /* its cell (-1: unused) */
+    /* per truth row and anchor [batch, truth_rows, total] */
+    float *anchor_iou;        /* the shape IoU that picks the best anchor */
+    float *anchor_thresh_iou; /* AlexeyAB: the iou_thresh_kind value compared with iou_thresh; pjreddie: 0 */
+    /* the truth pass's writes in darknet's order: b, t, a (mask slot), anchor, j, i, extra (iou_thresh) */
+    int *assign;
+    float *assign_iou;      /* IoU of the slot's prediction with the truth, per write */
+    long assign_capacity;   /* rows available */
+    long assign_count;      /* out: writes made (rows beyond the capacity are counted, not stored) */
+} yref_decisions;
+
+/*
  * Run the layer. output and delta have batch*n*(5+classes)*h*w floats;
  * roles (may be NULL) has batch*n*h*w ints. Returns YREF_OK or a status.
  */
 int yref_forward(const yref_config *cfg, const float *input, const float *truth,
                  float *output, float *delta, int *roles, yref_stats *stats);
+
+/* The same, also exporting the decisions (decisions may be NULL). */
+int yref_forward_decisions(const yref_config *cfg, const float *input, const float *truth,
+                           float *output, float *delta, int *roles, yref_stats *stats,
+                           yref_decisions *decisions);
 
 /* Name of a branch counter, for reports ("ignore", "truth_thresh", ...). */
 const char *yref_branch_name(int branch);

@@ -46,8 +46,8 @@ from .case import Case
 from .config import YoloConfig
 from .errors import InputError, ParityError
 from .naive import naive_yolo_loss
-from .reference import (ROLE_BEST_ANCHOR, ROLE_EXTRA_ANCHOR, ROLE_IGNORED, ROLE_OBJ_NONFINITE,
-                        ROLE_TRUTH_THRESH)
+from .roles import (ROLE_BEST_ANCHOR, ROLE_EXTRA_ANCHOR, ROLE_IGNORED, ROLE_OBJ_NONFINITE,
+                    ROLE_TRUTH_THRESH)
 from .torch_layer import yolo_forward
 
 CONVENTIONS = ("delta", "grad", "loss")
@@ -96,7 +96,7 @@ def _layout_of(input: Tensor) -> str:
 def parity_delta(input: Tensor, truth: Tensor, config: YoloConfig) -> Tensor:
     """Built-in ``"parity"``: this project's PyTorch port; returns darknet's delta."""
     layout = _layout_of(input)
-    _, delta, _ = yolo_forward(to_nchw(input, config, layout), truth, config)
+    delta = yolo_forward(to_nchw(input, config, layout), truth, config).delta
     return to_layout(delta, config, layout)
 
 
@@ -463,10 +463,10 @@ def _plain_negative_objectness(case: Case) -> tuple[Tensor, Tensor]:
     """darknet's objectness delta ``[b, n, h, w]`` and the mask of its plain negatives (delta ``-p``)."""
     config = case.config
     x = torch.from_numpy(np.array(case.input, dtype=np.float32, copy=True))
-    _, delta, stats = yolo_forward(x, _fresh_truth(case, "cpu"), config, case.flavor)
-    b, _, h, w = delta.shape
-    obj = delta.view(b, config.n, 5 + config.classes, h, w)[:, :, 4]
-    return obj, (stats["roles"].cpu() & _NOT_PLAIN_NEGATIVE) == 0
+    run = yolo_forward(x, _fresh_truth(case, "cpu"), config, case.flavor)
+    b, _, h, w = run.delta.shape
+    obj = run.delta.view(b, config.n, 5 + config.classes, h, w)[:, :, 4]
+    return obj, (run.roles.cpu() & _NOT_PLAIN_NEGATIVE) == 0
 
 
 def _detect_sign(candidate: Candidate, full: Tensor, case: Case) -> str:

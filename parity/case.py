@@ -19,6 +19,7 @@ import numpy as np
 
 from .config import YoloConfig, yolo_config_from_cfg
 from .errors import CaseFormatError, ParityError
+from .result import LayerRun, LayerStats
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("cfg", "input", "truth")
@@ -42,6 +43,13 @@ class Case:
     @property
     def name(self) -> str:
         return Path(self.path).stem if self.path else str(self.meta.get("generator", "case"))
+
+    def recorded_run(self) -> LayerRun | None:
+        """What darknet itself produced on this case, as a layer run (None when the case holds no delta)."""
+        if self.delta is None:
+            return None
+        stats = LayerStats.from_mapping(self.stats) if self.stats else None
+        return LayerRun(self.output, self.delta, stats, backend="recorded")
 
 
 def _json_field(data: Any, key: str, path: str) -> dict[str, Any]:

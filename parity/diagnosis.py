@@ -15,7 +15,11 @@ Two kinds of evidence:
   averaged cells; the IoU losses' no-overlap branch).
 
 Every cause carries the fraction of that term's differing elements it
-explains; a cause is reported only when it explains most of them.
+explains; a cause is reported only when it explains most of them. The
+diagnosis has no tolerance and no geometry of its own: the differing
+elements are the comparison's failing mask (``CaseDiff.mask``), and every
+decision it reasons about is the reference's own (``SlotFacts``). Whenever
+the comparison fails, it says something: at least "unexplained", with where.
 """
 from __future__ import annotations
 
@@ -27,8 +31,9 @@ import numpy as np
 from .case import Case
 from .diff import CaseDiff
 from .facts import SlotFacts
-from .reference import (ROLE_BEST_ANCHOR, ROLE_CLASS_SHORTCUT, ROLE_CLASSMATCH_BLOCKED, ROLE_EXTRA_ANCHOR, ROLE_IGNORED,
-                        ROLE_REWRITTEN, ROLE_TRUTH_THRESH, ReferenceResult)
+from .result import LayerRun
+from .roles import (ROLE_BEST_ANCHOR, ROLE_CLASSMATCH_BLOCKED, ROLE_CLASS_SHORTCUT, ROLE_EXTRA_ANCHOR, ROLE_IGNORED,
+                    ROLE_REWRITTEN, ROLE_TRUTH_THRESH, positive)
 
 BOX_TERMS = ("x", "y", "w", "h")
 # A fitted factor "holds" where it is within this relative distance ...
@@ -78,20 +83,38 @@ def _fmt(v: float) -> str:
     return f"{v:.6g}"
 
 
-def diagnose(case: Case, ref: ReferenceResult, cand_delta: np.ndarray, facts: SlotFacts,
+def diagnose(case: Case, reference: LayerRun, cand_delta: np.ndarray, facts: SlotFacts,
              diff: CaseDiff) -> list[Cause]:
-    """Known causes explaining the candidate's differences, most explanatory first."""
+    """Known causes explaining the candidate's differences, most explanatory first.
+
+    ``reference`` gives the delta the candidate was compared with and the
+    activated output; ``diff`` (from ``parity.compare.compare``) says which
+    elements fail. A failing ``diff`` always gets at least one cause.
+    """
     config = case.config
+    ref = reference.numpy()
     B, _, H, W = ref.delta.shape
     E = 5 + config.classes
     shape = (B, config.n, E, H, W)
     views = (ref.delta.reshape(shape), cand_delta.reshape(shape), case.input.reshape(shape),
              ref.output.reshape(shape))
-    causes = list(_decision_causes(views, facts))
-    positives = (views[0][:, :, 5:] > 0).sum(axis=2)   # classes_in_one_box per slot (darknet's averaging)
-    causes += _value_causes(views, facts, positives)
+    failing = diff.mask if diff.mask is not None else np.zeros(shape, bool)
+    causes = list(_decision_causes(views, facts, failing))
+    causes += _value_causes(views, facts, failing)
+    if not causes and failing.any():
+        causes.append(_unexplained_where(views, failing))
     causes.sort(key=lambda c: -c.confidence)
     return _dedupe(causes)
+
+
+def _unexplained_where(views: tuple[np.ndarray, ...], failing: np.ndarray) -> Cause:
+    """The last word: how many elements fail and the first of them."""
+    ref, cand = views[0], views[1]
+    b, a, e, j, i = (int(v) for v in np.argwhere(failing)[0])
+    term = ("x", "y", "w", "h", "obj")[e] if e < 5 else "cls"
+    return Cause(term, "unexplained", "the differences fit none of the known causes",
+                 f"{int(failing.sum())} elements fail; first at image {b}, anchor {a}, cell (j={j}, i={i}), "
+                 f"entry {e}: candidate {float(cand[b, a, e, j, i])!r}, darknet {float(ref[b, a, e, j, i])!r}", 0.0)
 
 
 def _dedupe(causes: list[Cause]) -> list[Cause]:
@@ -107,16 +130,15 @@ def _dedupe(causes: list[Cause]) -> list[Cause]:
 # ---------------------------------------------------------------- decisions
 
 
-def _decision_causes(views: tuple[np.ndarray, ...], facts: SlotFacts) -> Iterator[Cause]:
+def _decision_causes(views: tuple[np.ndarray, ...], facts: SlotFacts, failing: np.ndarray) -> Iterator[Cause]:
     ref, cand, _, out = views
     bits = facts.roles
-    border = facts.borderline | (facts.borderline_obj if facts.borderline_obj is not None else False)
     cfg = facts.config
     obj_ref, obj_cand = ref[:, :, 4], cand[:, :, 4]
-    obj_diff = ((obj_ref != 0) != (obj_cand != 0)) & ~border
+    obj_diff = ((obj_ref != 0) != (obj_cand != 0)) & failing[:, :, 4]
     if obj_diff.any():
         total = int(obj_diff.sum())
-        ignored_written = obj_diff & ((bits & ROLE_IGNORED) != 0) & (obj_ref == 0) & ~_positive(bits)
+        ignored_written = obj_diff & ((bits & ROLE_IGNORED) != 0) & (obj_ref == 0) & ~positive(bits)
         if ignored_written.sum() >= EXPLAINS * total:
             yield Cause("obj", "no_ignore",
                         "objectness is trained toward 0 on cells darknet ignores: the ignore threshold is missing "
@@ -140,7 +162,7 @@ def _decision_causes(views: tuple[np.ndarray, ...], facts: SlotFacts) -> Iterato
                         _share_of(negative_skipped, total))
     box_ref = (ref[:, :, :4] != 0).any(axis=2)
     box_cand = (cand[:, :, :4] != 0).any(axis=2)
-    box_diff = (box_ref != box_cand) & ~border
+    box_diff = (box_ref != box_cand) & failing[:, :, :4].any(axis=2)
     if not box_diff.any():
         return
     total = int(box_diff.sum())
@@ -167,10 +189,6 @@ def _decision_causes(views: tuple[np.ndarray, ...], facts: SlotFacts) -> Iterato
                     _share_of(wrong_anchor, total))
 
 
-def _positive(bits: np.ndarray) -> np.ndarray:
-    return (bits & (ROLE_BEST_ANCHOR | ROLE_EXTRA_ANCHOR | ROLE_TRUTH_THRESH)) != 0
-
-
 def _assigned(bits: np.ndarray) -> np.ndarray:
     return (bits & (ROLE_BEST_ANCHOR | ROLE_EXTRA_ANCHOR)) != 0
 
@@ -180,45 +198,24 @@ def _share_of(mask: np.ndarray, total: int) -> float:
 
 
 def _best_anchor_outside_mask_at(facts: SlotFacts, slots: np.ndarray) -> bool:
-    """Do the written cells hold truths whose best anchor (over all) is outside the mask?"""
-    from .torch_box import Boxes, box_iou
-    import torch
-
-    cfg = facts.config
-    B, n, H, W = slots.shape
+    """Do the written cells hold truths whose best anchor (over all, darknet's choice) is outside the mask?"""
     cells = {(int(b), int(j), int(i)) for b, _, j, i in np.argwhere(slots)}
-    anchors = np.asarray(cfg.anchors, np.float32).reshape(-1, 2)
-    zero = torch.zeros(len(anchors))
-    anchor_boxes = Boxes(zero, zero, torch.from_numpy(anchors[:, 0]) / cfg.net_w,
-                         torch.from_numpy(anchors[:, 1]) / cfg.net_h)
-    hits = 0
     for b, t in zip(*np.nonzero(facts.truth_valid)):
-        x, y, w, h = (float(v) for v in facts.truth[b, t, :4])
-        cell = (int(b), int(np.float32(y) * np.float32(H)), int(np.float32(x) * np.float32(W)))
-        if cell not in cells:
-            continue
-        one = torch.tensor([0.0])
-        iou = box_iou(anchor_boxes, Boxes(one, one, torch.tensor([w]), torch.tensor([h])))
-        if int(torch.argmax(torch.where(iou > 0, iou, torch.zeros_like(iou)))) not in cfg.mask:
-            hits += 1
-    return hits > 0
+        if (int(b), int(facts.truth_j[b, t]), int(facts.truth_i[b, t])) in cells \
+                and int(facts.truth_best_anchor[b, t]) not in facts.config.mask:
+            return True
+    return False
 
 
 # ------------------------------------------------------------------- values
 
 
-def _differing(views: tuple[np.ndarray, ...], facts: SlotFacts, entries: np.ndarray, name: str,
-               tol: tuple[float, float]) -> _Term | None:
+def _differing(views: tuple[np.ndarray, ...], failing: np.ndarray, entries: np.ndarray, name: str) -> _Term | None:
+    """The failing elements of one term that both sides write (a value, not a decision, differs)."""
     ref, cand, raw, out = views
     sel = np.zeros(ref.shape, bool)
     sel[:, :, entries] = True
-    both = sel & (ref != 0) & (cand != 0) & np.isfinite(ref) & np.isfinite(cand)
-    with np.errstate(invalid="ignore"):
-        close = np.abs(cand.astype(np.float64) - ref) <= tol[0] + tol[1] * np.abs(ref.astype(np.float64))
-    border = np.repeat(facts.borderline[:, :, None], ref.shape[2], axis=2)
-    if facts.borderline_obj is not None:
-        border[:, :, 4] |= facts.borderline_obj
-    differing = both & ~close & ~border
+    differing = sel & failing & (ref != 0) & (cand != 0) & np.isfinite(ref) & np.isfinite(cand)
     if not differing.any():
         return None
     idx = np.nonzero(differing)
@@ -227,27 +224,28 @@ def _differing(views: tuple[np.ndarray, ...], facts: SlotFacts, entries: np.ndar
                  out[idx].astype(np.float64), (b, a, j, i), e)
 
 
-def _value_causes(views: tuple[np.ndarray, ...], facts: SlotFacts, positives: np.ndarray) -> list[Cause]:
+def _value_causes(views: tuple[np.ndarray, ...], facts: SlotFacts, failing: np.ndarray) -> list[Cause]:
     cfg = facts.config
-    tol = (1e-5, 1e-4)
     causes: list[Cause] = []
     groups = [("x", [0]), ("y", [1]), ("w", [2]), ("h", [3]), ("obj", [4]), ("cls", list(range(5, 5 + cfg.classes)))]
     for name, entries in groups:
-        term = _differing(views, facts, np.asarray(entries), name, tol)
+        term = _differing(views, failing, np.asarray(entries), name)
         if term is None:
             continue
-        found = _where_causes(term, facts, positives) or _factor_causes(term, facts)
+        found = _where_causes(term, facts) or _factor_causes(term, facts)
         if not found:
             ratio = term.cand / term.ref
+            b, a, j, i = (int(v[0]) for v in term.slot)
             found = [Cause(name, "unexplained",
                            "the differences fit none of the known causes",
                            f"{term.ref.size} elements differ; candidate/reference ratio from "
-                           f"{_fmt(np.min(ratio))} to {_fmt(np.max(ratio))}", 0.0)]
+                           f"{_fmt(np.min(ratio))} to {_fmt(np.max(ratio))}; first at image {b}, anchor {a}, "
+                           f"cell (j={j}, i={i})", 0.0)]
         causes += found
     return causes
 
 
-def _where_causes(term: _Term, facts: SlotFacts, positives: np.ndarray) -> list[Cause]:
+def _where_causes(term: _Term, facts: SlotFacts) -> list[Cause]:
     """Causes read off where the differences sit (slot roles), not off the values."""
     bits = facts.roles[term.slot]
     cfg = facts.config
@@ -269,7 +267,7 @@ def _where_causes(term: _Term, facts: SlotFacts, positives: np.ndarray) -> list[
                              "candidate keeps the last writer, darknet accumulates (+=) every truth's delta",
                              f"{int(rewritten.sum())} of {bits.size} differing {term.name} elements are on "
                              "slots written twice", _share(rewritten)))
-        averaged = _averaging_cause(term, facts, positives)
+        averaged = _averaging_cause(term, facts)
         if averaged is not None:
             out.append(averaged)
         if cfg.iou_loss in ("giou", "diou", "ciou") and facts.flavor == "alexeyab":
@@ -284,11 +282,11 @@ def _where_causes(term: _Term, facts: SlotFacts, positives: np.ndarray) -> list[
     return out
 
 
-def _averaging_cause(term: _Term, facts: SlotFacts, positives: np.ndarray) -> Cause | None:
+def _averaging_cause(term: _Term, facts: SlotFacts) -> Cause | None:
     """Box deltas times the number of positive class deltas: darknet's averaging is missing."""
     if facts.flavor != "alexeyab" or not facts.config.iou_thresh < 1:
         return None
-    count = positives[term.slot]
+    count = facts.divisor[term.slot]                  # darknet's classes_in_one_box where it divided
     ratio = term.cand / term.ref
     fits = (count > 1) & _holds(ratio, count)
     if _share(fits) < EXPLAINS:
@@ -301,19 +299,14 @@ def _averaging_cause(term: _Term, facts: SlotFacts, positives: np.ndarray) -> Ca
 
 
 def _no_overlap(term: _Term, facts: SlotFacts) -> np.ndarray:
-    """Per differing element: does the slot's prediction miss every truth assigned to it?"""
+    """Per differing element: did the slot's prediction miss its (last) assigned truth (darknet's IoU 0)?"""
     asg = facts.assignments
-    pred = facts.pred[term.slot]                      # [N, 4]
     apart = np.zeros(term.ref.size, bool)
+    if asg.iou is None:
+        return apart
     for k, (b, a, j, i) in enumerate(zip(*term.slot)):
-        hit = np.nonzero((asg["b"] == b) & (asg["a"] == a) & (asg["j"] == j) & (asg["i"] == i))[0]
-        if hit.size == 0:
-            continue
-        tr = facts.truth[b, asg["t"][hit[-1]], :4]
-        px, py, pw, ph = pred[k]
-        iw = min(px + pw / 2, tr[0] + tr[2] / 2) - max(px - pw / 2, tr[0] - tr[2] / 2)
-        ih = min(py + ph / 2, tr[1] + tr[3] / 2) - max(py - ph / 2, tr[1] - tr[3] / 2)
-        apart[k] = iw <= 0 or ih <= 0
+        hit = asg.at(b, a, j, i)
+        apart[k] = hit.size > 0 and not float(asg.iou[hit[-1]]) > 0
     return apart
 
 
@@ -335,9 +328,9 @@ def _box_scale(term: _Term, facts: SlotFacts) -> np.ndarray:
     asg = facts.assignments
     out = np.full(term.ref.size, np.nan)
     for k, (b, a, j, i) in enumerate(zip(*term.slot)):
-        hit = np.nonzero((asg["b"] == b) & (asg["a"] == a) & (asg["j"] == j) & (asg["i"] == i))[0]
+        hit = asg.at(b, a, j, i)
         if hit.size:
-            tr = facts.truth[b, asg["t"][hit[-1]]]
+            tr = facts.truth[b, asg.t[hit[-1]]]
             out[k] = 2.0 - float(np.float32(tr[2]) * np.float32(tr[3]))
     return out
 
@@ -359,7 +352,7 @@ def _constant(ratio: np.ndarray) -> tuple[float, float]:
 def _name_constant(k: float, term: str, facts: SlotFacts) -> tuple[str, str] | None:
     """A known constant ``k`` (candidate/reference) means ... (cause id, words)."""
     cfg = facts.config
-    grid = facts.pred.shape[3] if term == "x" else facts.pred.shape[2]
+    grid = facts.best_iou.shape[3] if term == "x" else facts.best_iou.shape[2]
     s = cfg.scale_x_y if facts.flavor == "alexeyab" else 1.0
     known: list[tuple[float, str, str]] = [
         (-1.0, "sign", "the sign is flipped: the candidate returns a gradient (prediction minus target), darknet's "

@@ -51,7 +51,8 @@ from .errors import BuildError, InputError, ParityError
 from .layer_input import check_flavor, check_layer_input
 from .native import load_cached, sanitize_flags
 from ._build_ref import CONFIG_CDEF, REF_DIR
-from .reference import FLAVOR_CODES, ReferenceResult, fill_layer_struct
+from .reference import FLAVOR_CODES, fill_layer_struct
+from .result import LayerRun, LayerStats
 
 DEFAULT_LIB = Path("/usr/lib/darknet/libdarknet.so")
 DEFAULT_INCLUDE = Path("/usr/lib/darknet/include")
@@ -330,7 +331,7 @@ def _raise_status(status: int, result: Any, library: DarknetLibrary, truth: np.n
 def run_libdarknet(config: YoloConfig, x: np.ndarray, t: np.ndarray, flavor: str, *,
                    lib_path: str | os.PathLike[str] | None = None,
                    include_dir: str | os.PathLike[str] | None = None,
-                   quiet: bool = True) -> ReferenceResult:
+                   quiet: bool = True) -> LayerRun:
     """Run the [yolo] training forward pass of a real darknet library.
 
     Args:
@@ -367,4 +368,5 @@ def run_libdarknet(config: YoloConfig, x: np.ndarray, t: np.ndarray, flavor: str
     stats: dict[str, Any] = {"cost": float(result.cost)}
     if flavor == "alexeyab":
         stats.update(rewritten_bbox=int(result.rewritten_bbox), total_bbox=int(result.total_bbox))
-    return ReferenceResult(output, delta, stats, roles=None, branches={}, backend="libdarknet")
+    # darknet exposes only these figures: the others are reported as not known (NaN / -1)
+    return LayerRun(output, delta, LayerStats.from_mapping(stats), None, None, {}, backend="libdarknet")

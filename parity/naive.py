@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import YoloConfig
+from .roles import ROLE_BEST_ANCHOR, ROLE_EXTRA_ANCHOR, ROLE_IGNORED, ROLE_TRUTH_THRESH
 from .torch_layer import yolo_forward
 
 
@@ -82,21 +83,19 @@ def _box_loss(kind: str, px, py, pw, ph, tx, ty, tw, th) -> Tensor:
 
 def naive_yolo_loss(head: Tensor, truth: Tensor, config: YoloConfig) -> Tensor:
     """The textbook loss of one head ``[b, n*(5+c), h, w]`` (AlexeyAB decisions); a scalar."""
-    _, _, stats = yolo_forward(head.detach(), truth, config, "alexeyab")
-    roles, asg = stats["roles"], stats["assignments"]
+    run = yolo_forward(head.detach(), truth, config, "alexeyab")
+    roles, asg = run.roles, run.decisions.assignments
     B, _, H, W = head.shape
     E = 5 + config.classes
     view = head.view(B, config.n, E, H, W)
     # Objectness: positives -> 1, ignored non-positives excluded, the rest -> 0.
-    from .reference import ROLE_BEST_ANCHOR, ROLE_EXTRA_ANCHOR, ROLE_IGNORED, ROLE_TRUTH_THRESH
-
     positive = (roles & (ROLE_BEST_ANCHOR | ROLE_EXTRA_ANCHOR | ROLE_TRUTH_THRESH)) != 0
     ignored = ((roles & ROLE_IGNORED) != 0) & ~positive
     obj_logit = view[:, :, 4]
     obj_target = positive.to(head.dtype)
     obj_loss = F.binary_cross_entropy_with_logits(obj_logit, obj_target, reduction="none")
     loss = config.obj_normalizer * (obj_loss * (~ignored)).sum()
-    b, t, a, j, i, anchor = asg["b"], asg["t"], asg["a"], asg["j"], asg["i"], asg["anchor"]
+    b, t, a, j, i, anchor = asg.b, asg.t, asg.a, asg.j, asg.i, asg.anchor
     if b.numel() == 0:
         return loss
     tr = truth.to(head.device, head.dtype)[b, t]

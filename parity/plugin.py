@@ -46,6 +46,7 @@ GROUP = "darknet-parity"
 OPT_CASES = "--darknet-parity-cases"
 OPT_SEED = "--darknet-parity-seed"
 OPT_REPORT = "--darknet-parity-report"
+OPT_COVERAGE = "--darknet-parity-require-coverage"
 INI_CASES = "darknet_parity_cases"
 INI_SEED = "darknet_parity_seed"
 INI_REPORT = "darknet_parity_report"
@@ -75,6 +76,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=f"seed of the generated cases; default: ini {INI_SEED} or {DEFAULT_SEED}")
     group.addoption(OPT_REPORT, action="store", default=None, metavar="DIR",
                     help=f"write a JSON and an HTML report per check into DIR; default: ini {INI_REPORT}")
+    group.addoption(OPT_COVERAGE, action="store_true", default=None,
+                    help="fail a check when a darknet branch its configs enable is never reached (always "
+                         "reported); same policy as `darknet-parity run --require-coverage`")
     parser.addini(INI_CASES, f"darknet-parity: samples per check (default {DEFAULT_CASES})",
                   default=str(DEFAULT_CASES))
     parser.addini(INI_SEED, f"darknet-parity: seed of the generated cases (default {DEFAULT_SEED})",
@@ -146,8 +150,10 @@ class ParitySession:
     Registered with the plugin manager, so its hook methods run as plugin hooks.
     """
 
-    def __init__(self, config: pytest.Config, cases: int, seed: int, report_dir: Path | None) -> None:
+    def __init__(self, config: pytest.Config, cases: int, seed: int, report_dir: Path | None,
+                 require_coverage: bool = False) -> None:
         self.config = config
+        self.require_coverage = require_coverage
         self.cases = cases
         self.seed = seed
         self.report_dir = report_dir
@@ -166,7 +172,7 @@ class ParitySession:
             report_dir = Path(report).expanduser()
             if not report_dir.is_absolute():
                 report_dir = Path(config.invocation_params.dir) / report_dir
-        return cls(config, cases, seed, report_dir)
+        return cls(config, cases, seed, report_dir, bool(config.getoption(OPT_COVERAGE)))
 
     # settings per test: session options, then the marker (closest last wins)
     def settings(self, item: pytest.Item) -> dict[str, int]:
@@ -283,11 +289,8 @@ class DarknetParity:
         _choice("layout", layout, _LAYOUTS, allow_none=False)
         _choice("flavor", flavor, _FLAVORS, allow_none=True)
 
-        import dataclasses
-
-        from .diff import ToleranceRule, load_tolerances
-        from .profiles import case_id
-        from .suite import RunOptions, SuiteResult, compare_case, coverage
+        from .suite import RunOptions, run_suite
+        from .tolerance import ToleranceRule, load_tolerances
 
         candidate = _candidate(fn, convention, layout, device)
         if isinstance(tolerances, ToleranceRule):
@@ -297,7 +300,7 @@ class DarknetParity:
             rule = load_tolerances(tol_path)
         else:
             raise pytest.UsageError(f"darknet_parity.check(tolerances=...): expected a YAML file path or a "
-                                    f"parity.diff.ToleranceRule, got {type(tolerances).__name__}")
+                                    f"parity.tolerance.ToleranceRule, got {type(tolerances).__name__}")
         if cfg is not None:
             source, sweep = self._cfg_sweep(cfg, count, seed, flavor)
         elif profile is not None:
@@ -306,31 +309,24 @@ class DarknetParity:
             source, sweep = _config_sweep(config, count, seed, flavor)
 
         opts = RunOptions(candidate=candidate.name, convention=candidate.convention, layout=layout, device=device,
-                          tolerances=tol_path)
-        start = time.perf_counter()
-        refs, diffs = [], []
-        for ref, case in sweep:
-            refs.append(ref)
-            diffs.append(compare_case(case, opts, name=case_id(case), rule=rule, candidate=candidate))
-        hit, enabled = coverage(refs, diffs)
-        options = dataclasses.asdict(opts)
-        options.update({"source": source, "cases": count, "seed": seed})
-        result = SuiteResult(diffs, hit, enabled, options, rule.describe(), time.perf_counter() - start)
+                          tolerances=tol_path, require_coverage=self._session.require_coverage)
+        result = run_suite(sweep, opts, candidate=candidate, rule=rule,
+                           options={"source": source, "cases": count, "seed": seed})
         self.results.append(result)
         self._finish(result, f"{_short(candidate.name)} vs {source}")
         return result
 
     # --- internals ---
     def _cfg_sweep(self, cfg: str | os.PathLike[str], count: int, seed: int, flavor: str | None):
+        from .cases import CaseRef
         from .profiles import cfg_cases
-        from .suite import CaseRef
 
         path = _find_cfg(cfg, self._item)
         flavor = flavor or "alexeyab"
 
         def sweep():
-            for case in cfg_cases(path, count, seed, flavor=flavor):
-                yield CaseRef("cfg", str(path), int(case.meta["sample"]), seed, count), case
+            for k, case in enumerate(cfg_cases(path, count, seed, flavor=flavor)):
+                yield CaseRef("cfg", str(path), k, seed, count), case
         return f"cfg {path.name} ({flavor})", sweep()
 
     def _finish(self, result: "SuiteResult", label: str) -> None:
@@ -345,7 +341,7 @@ class DarknetParity:
             record.reports = _write_reports(result, *paths)
         session.record(record)
         self._item.user_properties.append((PROPERTY, record.line()))
-        if failing:
+        if not result.passed:
             verbose = self._item.config.getoption("verbose") > 1
             header = f"darknet-parity: {record.line()}"
             if record.reports:
@@ -397,8 +393,8 @@ def _find_cfg(cfg: str | os.PathLike[str], item: pytest.Item) -> Path:
 
 
 def _profile_sweep(name: str, count: int, seed: int, flavor: str | None):
-    from .profiles import load_profiles, profile_cases
-    from .suite import CaseRef
+    from .cases import suite_refs
+    from .profiles import load_profiles
 
     if not isinstance(name, str):
         raise pytest.UsageError(f"darknet_parity.check(profile=...): expected a profile name, got "
@@ -412,17 +408,14 @@ def _profile_sweep(name: str, count: int, seed: int, flavor: str | None):
         raise pytest.UsageError(f"darknet_parity.check(profile={name!r}, flavor={flavor!r}): the profile's "
                                 f"cases are {prof.flavor} cases; leave flavor out or pick a {flavor} profile")
 
-    def sweep():
-        for case in profile_cases(prof, count, seed):
-            yield CaseRef("profile", name, int(case.meta["sample"]), seed, count), case
-    return f"profile {name}", sweep()
+    return f"profile {name}", suite_refs([name], [], [], count, seed)
 
 
 def _config_sweep(config: Any, count: int, seed: int, flavor: str | None):
     """``count`` single-head cases for one config on random small grids; the first force rare features."""
+    from .cases import CaseRef
     from .config import YoloConfig
     from .generate import CaseFeatures, forced_features, random_case
-    from .suite import CaseRef
 
     if not isinstance(config, YoloConfig):
         raise pytest.UsageError(f"darknet_parity.check(config=...): expected a parity.config.YoloConfig, got "

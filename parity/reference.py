@@ -15,6 +15,7 @@ import numpy as np
 
 from .config import YoloConfig
 from .errors import InputError, ParityError
+from .result import Assignments, Decisions, LayerRun, LayerStats
 from .layer_input import check_flavor, check_layer_input
 
 FLAVOR_CODES = {"alexeyab": 0, "pjreddie": 1}
@@ -87,7 +88,8 @@ def fill_layer_struct(ffi: Any, c: Any, config: YoloConfig, flavor: str, shape: 
     c.label_smooth_eps, c.max_delta = config.label_smooth_eps, config.max_delta
 
 
-def _run_c(config: YoloConfig, x: np.ndarray, t: np.ndarray, flavor: str, shape: Any) -> ReferenceResult:
+def _run_c(config: YoloConfig, x: np.ndarray, t: np.ndarray, flavor: str, shape: Any,
+           want_decisions: bool = False) -> LayerRun:
     from .native import load_reference
 
     mod = load_reference()
@@ -101,35 +103,76 @@ def _run_c(config: YoloConfig, x: np.ndarray, t: np.ndarray, flavor: str, shape:
     roles = np.empty((shape.batch, shape.n, shape.h, shape.w), dtype=np.int32)
     stats = ffi.new("yref_stats *")
     truth_ptr = ffi.from_buffer("float[]", t) if t.size else ffi.NULL
-    status = lib.yref_forward(cfg, ffi.from_buffer("float[]", x), truth_ptr,
-                              ffi.from_buffer("float[]", output, require_writable=True),
-                              ffi.from_buffer("float[]", delta, require_writable=True),
-                              ffi.from_buffer("int[]", roles, require_writable=True), stats)
+    dec, arrays = _decision_buffers(ffi, config, shape, t, keep) if want_decisions else (ffi.NULL, None)
+    status = lib.yref_forward_decisions(cfg, ffi.from_buffer("float[]", x), truth_ptr,
+                                        ffi.from_buffer("float[]", output, require_writable=True),
+                                        ffi.from_buffer("float[]", delta, require_writable=True),
+                                        ffi.from_buffer("int[]", roles, require_writable=True), stats, dec)
     if status != 0:
         raise InputError(f"C reference refused the input: {_STATUS.get(status, f'status {status}')}")
     branches = {ffi.string(lib.yref_branch_name(k)).decode(): int(stats.branches[k])
                 for k in range(len(stats.branches))}
-    return ReferenceResult(output, delta, _stats_dict(stats, flavor), roles, branches, backend="c")
+    decisions = _decisions(dec, arrays) if want_decisions else None
+    return LayerRun(output, delta, _stats(stats, flavor), roles, decisions, branches, backend="c")
 
 
-def _stats_dict(s: Any, flavor: str) -> dict[str, Any]:
-    """The figures darknet reports, under the names recordings use."""
-    out: dict[str, Any] = {
-        "cost": float(s.cost), "count": int(s.count), "assigned": int(s.assigned),
-        "tot_iou": float(s.tot_iou), "avg_iou": float(s.avg_iou),
-    }
-    if flavor == "alexeyab":
-        out.update({
-            "rewritten_bbox": int(s.rewritten_bbox), "total_bbox": int(s.total_bbox),
-            "tot_iou_loss": float(s.tot_iou_loss), "tot_giou_loss": float(s.tot_giou_loss),
-            "class_loss": float(s.class_loss), "iou_loss": float(s.iou_loss), "total_loss": float(s.total_loss),
-        })
-    return out
+_SLOT_FLOATS = ("best_iou", "second_iou", "best_match_iou", "max_class_prob")
+_SLOT_INTS = ("best_truth", "class_match", "divisor")
+_ROW_INTS = ("truth_used", "truth_best_anchor", "truth_i", "truth_j")
+_ANCHOR_FLOATS = ("anchor_iou", "anchor_thresh_iou")
+ASSIGN_COLUMNS = 8   # b, t, a, anchor, j, i, extra, and the IoU's float bits
+
+
+def _decision_buffers(ffi: Any, config: YoloConfig, shape: Any, t: np.ndarray, keep: list[Any]) -> tuple[Any, dict]:
+    """A yref_decisions struct pointing into fresh numpy arrays (kept alive through ``keep``)."""
+    rows = t.shape[1]
+    slots = (shape.batch, shape.n, shape.h, shape.w)
+    arrays: dict[str, np.ndarray] = {}
+    for name in _SLOT_FLOATS:
+        arrays[name] = np.zeros(slots, np.float32)
+    for name in _SLOT_INTS:
+        arrays[name] = np.zeros(slots, np.int32)
+    arrays["pred_box"] = np.zeros(slots + (4,), np.float32)
+    for name in _ROW_INTS:
+        arrays[name] = np.zeros((shape.batch, rows), np.int32)
+    for name in _ANCHOR_FLOATS:
+        arrays[name] = np.zeros((shape.batch, rows, config.num), np.float32)
+    capacity = max(1, shape.batch * rows * shape.n)
+    arrays["assign"] = np.zeros((capacity, 7), np.int32)
+    arrays["assign_iou"] = np.zeros(capacity, np.float32)
+    dec = ffi.new("yref_decisions *")
+    for name, arr in arrays.items():
+        kind = "float[]" if arr.dtype == np.float32 else "int[]"
+        setattr(dec, name, ffi.from_buffer(kind, arr, require_writable=True))
+    dec.assign_capacity = capacity
+    keep.extend(arrays.values())
+    keep.append(dec)
+    return dec, arrays
+
+
+def _decisions(dec: Any, arrays: dict[str, np.ndarray]) -> Decisions:
+    count = int(dec.assign_count)
+    rows = arrays["assign"][:count].astype(np.int64)
+    asg = Assignments(*(rows[:, k] for k in range(6)), rows[:, 6].astype(bool), arrays["assign_iou"][:count].copy())
+    fields = {k: v for k, v in arrays.items() if k not in ("assign", "assign_iou")}
+    return Decisions(**fields, assignments=asg)
+
+
+def _stats(s: Any, flavor: str) -> LayerStats:
+    """The figures darknet reports (AlexeyAB-only ones None for pjreddie)."""
+    ab = flavor == "alexeyab"
+
+    def only_ab(v: Any, kind: type) -> Any:
+        return kind(v) if ab else None
+    return LayerStats(float(s.cost), int(s.count), int(s.assigned), float(s.tot_iou), float(s.avg_iou),
+                      only_ab(s.rewritten_bbox, int), only_ab(s.total_bbox, int), only_ab(s.tot_iou_loss, float),
+                      only_ab(s.tot_giou_loss, float), only_ab(s.class_loss, float), only_ab(s.iou_loss, float),
+                      only_ab(s.total_loss, float))
 
 
 def run_reference(config: YoloConfig, input: Any, truth: Any, flavor: str | None = None, *,
                   backend: str = "c", darknet_lib: str | None = None, darknet_include: str | None = None,
-                  delta_normalizer: bool = False) -> ReferenceResult:
+                  delta_normalizer: bool = False, decisions: bool = False) -> LayerRun:
     """Run darknet's [yolo] training forward pass on one batch.
 
     Args:
@@ -143,17 +186,23 @@ def run_reference(config: YoloConfig, input: Any, truth: Any, flavor: str | None
             its ``darknet.h``; both default to Debian's package paths).
         delta_normalizer: multiply the delta by ``config.delta_normalizer`` as darknet's GPU
             backward does (its CPU backward does not); off by default.
+        decisions: also return the C reference's decisions (``LayerRun.decisions``: best IoU
+            and truth per slot, class match, best anchors, assignments, averaging divisors),
+            exported by the pass that made them. A real libdarknet has none to give.
 
     Returns:
-        ReferenceResult with float32 ``output`` and ``delta`` in darknet's layout and ``stats``.
+        ``parity.result.LayerRun`` with float32 ``output`` and ``delta`` in darknet's layout,
+        ``LayerStats``, and (C reference) roles and branch counts.
     """
     if not isinstance(config, YoloConfig):
         raise InputError(f"config must be a parity.config.YoloConfig, got {type(config).__name__}")
     flavor = check_flavor(flavor or config.flavor)
     x, t, shape = check_layer_input(config, input, truth, flavor)
     if backend == "c":
-        result = _run_c(config, x, t, flavor, shape)
+        result = _run_c(config, x, t, flavor, shape, decisions)
     elif backend == "libdarknet":
+        if decisions:
+            raise ParityError("a real libdarknet exposes no decisions: take them from the C reference's run")
         from .libdarknet import run_libdarknet
 
         result = run_libdarknet(config, x, t, flavor, lib_path=darknet_lib, include_dir=darknet_include)

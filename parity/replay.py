@@ -13,9 +13,11 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .agreement import Agreement, compare_runs
 from .case import Case, load_case
+from .compare import compare
+from .diff import Agreement
 from .errors import ParityError
+from .reference import run_reference
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES_DIR = REPO_ROOT / "fixtures"
@@ -52,18 +54,24 @@ def ofast_nonfinite(case: Case) -> bool:
 
 def replay_case(case: Case, *, reference: str = "c", darknet_lib: str | None = None,
                 darknet_include: str | None = None) -> Agreement:
-    """Run the reference on a recorded case and compare with what was recorded."""
-    from .reference import run_reference
+    """Run the reference on a recorded case and compare with what was recorded.
 
+    The C reference's run on the same input judges borderline decisions
+    (the one excuse rule of ``parity.compare``).
+    """
     name = case.path or case.name
     if case.output is None or case.delta is None:
         return Agreement(name, skipped="the case holds no recorded output/delta")
     if ofast_nonfinite(case):
         return Agreement(name, skipped="-Ofast recording of NaN/Inf input (darknet's isnan checks compiled "
                                        "away); its -O2 twin is the reference")
-    res = run_reference(case.config, case.input, case.truth, flavor=case.flavor, backend=reference,
-                        darknet_lib=darknet_lib, darknet_include=darknet_include)
-    return compare_runs(name, case.output, case.delta, case.stats, res.output, res.delta, res.stats)
+    judge = run_reference(case.config, case.input, case.truth, flavor=case.flavor, decisions=True)
+    res = judge if reference == "c" else run_reference(
+        case.config, case.input, case.truth, flavor=case.flavor, backend=reference, darknet_lib=darknet_lib,
+        darknet_include=darknet_include)
+    recorded = case.recorded_run()
+    assert recorded is not None
+    return Agreement.of(compare(recorded, res, case=case, decisions=judge, name=name))
 
 
 def replay_paths(paths: Iterable[str | os.PathLike[str]], **kwargs: object) -> Iterator[Agreement]:

@@ -38,7 +38,9 @@ class LayerStats:
     ``count`` is darknet's printed count (AlexeyAB clamps it to at least 1);
     ``count_raw`` the number of truth-to-slot assignments before that clamp.
     Fields darknet's flavor does not keep are None (pjreddie has no
-    ``rewritten_bbox``, ``total_bbox`` or loss split).
+    ``rewritten_bbox``, ``total_bbox`` or loss split). The PyTorch port
+    fills them with 0-d tensors on its device (reading them would sync);
+    ``host()`` gives Python numbers.
     """
 
     cost: float
@@ -58,9 +60,24 @@ class LayerStats:
     EXACT = ("count", "count_raw", "rewritten_bbox", "total_bbox")
     CLOSE = ("cost",)
 
+    def host(self) -> "LayerStats":
+        """The same figures as Python ints and floats."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is not None:
+                v = int(v) if f.name in self.EXACT else float(v)
+            out[f.name] = v
+        return LayerStats(**out)
+
     def as_dict(self) -> dict[str, Any]:
-        """The fields that are set, as plain Python numbers (a recording's ``stats``)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        """The fields that are known, as plain Python numbers (a recording's ``stats``)."""
+        out = {}
+        for k, v in dataclasses.asdict(self.host()).items():
+            unknown = v is None or (k in self.EXACT and v < 0) or (isinstance(v, float) and v != v and k != "cost")
+            if not unknown:
+                out[k] = v
+        return out
 
     def __getitem__(self, key: str) -> Any:
         value = getattr(self, key, None) if key in _STAT_FIELDS else None
@@ -127,7 +144,8 @@ class Decisions:
     """What darknet decided, from the pass that decided it. Any field may be None.
 
     Per slot ([B, n, H, W]): ``best_iou`` (best IoU of the predicted box over
-    the image's truths), ``second_iou`` (the runner-up, for ties),
+    the image's truths), ``pred_box`` ([B, n, H, W, 4] that predicted box,
+    x, y, w, h), ``second_iou`` (the runner-up, for ties),
     ``best_truth`` (its row, -1 if none), ``best_match_iou`` (the best IoU the
     class-match test lets through: what the ignore threshold sees),
     ``max_class_prob`` and ``class_match`` (AlexeyAB's "some class > 0.25"),
@@ -140,6 +158,7 @@ class Decisions:
     """
 
     best_iou: Any = None
+    pred_box: Any = None
     second_iou: Any = None
     best_truth: Any = None
     best_match_iou: Any = None
@@ -167,12 +186,13 @@ class LayerRun:
     darknet's layout; ``roles`` int32 ``[batch, n, h, w]`` role bits
     (``parity.roles``; None from a real libdarknet); ``branches`` darknet
     branch name -> times taken (empty where unknown); ``backend`` says who
-    computed it ("c", "libdarknet", "torch", "recorded").
+    computed it ("c", "libdarknet", "torch", "recorded", "candidate"). A
+    candidate that returns only a delta gives ``output`` and ``stats`` None.
     """
 
     output: Any
     delta: Any
-    stats: LayerStats
+    stats: LayerStats | None
     roles: Any = None
     decisions: Decisions | None = None
     branches: dict[str, int] = field(default_factory=dict)
@@ -180,6 +200,6 @@ class LayerRun:
 
     def numpy(self) -> "LayerRun":
         """The same run with every array on the host as numpy."""
-        return LayerRun(_host(self.output), _host(self.delta), self.stats, _host(self.roles),
+        return LayerRun(_host(self.output), _host(self.delta), self.stats.host() if self.stats is not None else None, _host(self.roles),
                         self.decisions.numpy() if self.decisions is not None else None, dict(self.branches),
                         self.backend)

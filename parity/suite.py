@@ -1,45 +1,44 @@
-"""Running a candidate against the reference over many cases: the harness's orchestration.
+"""Running a candidate against the reference over many cases: the one suite runner.
 
-A suite is a list of case descriptors (a profile and an index, a real cfg, or
-a recorded file) that any process can turn back into the same case, so
-``--jobs`` workers and ``--shard I/N`` CI jobs need nothing but the
-descriptors and the options. Each case gives one ``CaseDiff``; the suite adds
-branch coverage (which darknet branches the reference took, per profile) and
-fails when a branch a profile's configs enable is never hit.
+The CLI (``run``, ``replay``) and the pytest plugin both call ``run_suite``.
+It takes case descriptors (``parity.cases.CaseRef``: picklable, so
+``--jobs`` workers rebuild the cases themselves) or live ``(ref, case)``
+pairs with a live candidate (the plugin's callables), compares every case
+with ``compare_case`` (the reference, the C reference's decisions as judge,
+``parity.compare.compare``, the diagnosis of a failing case) and gathers a
+``SuiteResult`` with branch coverage: which darknet branches the reference
+took, per profile. Missing coverage is always reported; it fails the run
+only where asked (``RunOptions.require_coverage``).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+import torch
 
-from .case import Case, load_case
-from .diff import CaseDiff, ToleranceRule, add_exact, diff_case, load_tolerances
-from .errors import ParityError
+from .candidates import Candidate, load_candidate, run_candidate
+from .case import Case
+from .cases import CaseRef, build_cases
+from .compare import add_exact, compare
+from .diagnosis import diagnose
+from .diff import CaseDiff
+from .errors import DarknetInputWarning, ParityError
+from .facts import slot_facts
+from .profiles import case_id, load_profiles
+from .reference import run_reference
+from .replay import ofast_nonfinite
+from .result import LayerRun
+from .tolerance import ToleranceRule, load_tolerances
+from .torch_layer import yolo_forward
 
 SCHEMA = "darknet-parity/suite-result/1"
-
-
-@dataclass(frozen=True)
-class CaseRef:
-    """How to rebuild one case: ``kind`` is "profile", "cfg" or "file"."""
-
-    kind: str
-    source: str          # profile name, cfg path or case file path
-    index: int = 0       # position of the case in its sweep (sample * heads + head)
-    seed: int = 0
-    count: int = 1       # samples in the sweep (each sample gives one case per head)
-
-    @property
-    def id(self) -> str:
-        if self.kind == "file":
-            return self.source
-        return f"{self.source}#{self.index}"
 
 
 @dataclass(frozen=True)
@@ -58,168 +57,73 @@ class RunOptions:
     top_k: int = 10
     diagnose: bool = True
     profiles_extra: tuple[str, ...] = ()
-
-
-def suite_refs(profiles: Sequence[str], cfgs: Sequence[str], files: Sequence[str], cases: int | None,
-               seed: int, profiles_extra: Sequence[str] = ()) -> list[CaseRef]:
-    """The descriptors of a suite, in a deterministic order.
-
-    ``cases`` samples per profile or cfg (None: each profile's own count, 4 per cfg).
-    """
-    from .config import load_cfg
-    from .profiles import load_profiles
-    from .replay import case_paths
-
-    refs: list[CaseRef] = []
-    if cases is not None and cases < 1:
-        raise ParityError(f"--cases {cases}: must be at least 1")
-    if profiles:
-        known = load_profiles(profiles_extra)
-        for name in profiles:
-            if name not in known:
-                raise ParityError(f"unknown profile {name!r}; known: {', '.join(sorted(known))}")
-            count = cases if cases is not None else known[name].count
-            total = count * len(known[name].heads)
-            refs += [CaseRef("profile", name, k, seed, count) for k in range(total)]
-    for cfg in cfgs:
-        if not Path(cfg).is_file():
-            raise ParityError(f"{cfg}: no such cfg file")
-        count = cases if cases is not None else 4
-        layers = len(load_cfg(cfg).yolo_layers)
-        if not layers:
-            raise ParityError(f"{cfg}: no [yolo] section, so there is no layer to check")
-        total = count * layers
-        refs += [CaseRef("cfg", str(cfg), k, seed, count) for k in range(total)]
-    for folder in files:
-        if Path(folder).is_dir() and not any(Path(folder).rglob("*.npz")):
-            raise ParityError(f"{folder}: a folder with no case files (.npz) in it")
-    refs += [CaseRef("file", str(p)) for p in case_paths(files)]
-    return refs
-
-
-def shard(refs: Sequence[CaseRef], spec: str | None) -> list[CaseRef]:
-    """``I/N`` (1 <= I <= N): every N-th case starting at the I-th; deterministic."""
-    if not spec:
-        return list(refs)
-    try:
-        i, n = (int(v) for v in spec.split("/"))
-    except ValueError:
-        raise ParityError(f"--shard {spec!r}: expected I/N with integers, e.g. 2/4") from None
-    if not 1 <= i <= n:
-        raise ParityError(f"--shard {spec!r}: I must lie in 1..N")
-    return [r for k, r in enumerate(refs) if k % n == i - 1]
-
-
-def _sweep(ref: CaseRef, profiles_extra: Sequence[str]) -> Iterator[Case]:
-    """Every case of the sweep ``ref`` belongs to, in order."""
-    from .profiles import cfg_cases, load_profiles, profile_cases
-
-    if ref.kind == "profile":
-        return profile_cases(load_profiles(profiles_extra)[ref.source], ref.count, ref.seed)
-    if ref.kind == "cfg":
-        return cfg_cases(ref.source, ref.count, ref.seed)
-    raise ParityError(f"unknown case kind {ref.kind!r}")
-
-
-def build_cases(refs: Sequence[CaseRef], profiles_extra: Sequence[str] = ()) -> Iterator[tuple[CaseRef, Case]]:
-    """The cases ``refs`` name; each sweep is generated once, in one pass."""
-    pending: dict[tuple[str, str, int, int], dict[int, CaseRef]] = {}
-    for ref in refs:
-        if ref.kind == "file":
-            yield ref, load_case(ref.source)
-        else:
-            pending.setdefault((ref.kind, ref.source, ref.seed, ref.count), {})[ref.index] = ref
-    for wanted in pending.values():
-        first = next(iter(wanted.values()))
-        last = max(wanted)
-        for k, case in enumerate(_sweep(first, profiles_extra)):
-            if k in wanted:
-                yield wanted[k], case
-            if k >= last:
-                break
-        else:
-            raise ParityError(f"{first.source}: the sweep has fewer than {last + 1} cases")
-
-
-def build_case(ref: CaseRef, profiles_extra: Sequence[str] = ()) -> Case:
-    """The one case a descriptor names."""
-    return next(case for _, case in build_cases([ref], profiles_extra))
+    require_coverage: bool = False
 
 
 def compare_case(case: Case, opts: RunOptions, name: str | None = None, rule: ToleranceRule | None = None,
-                 candidate: Any = None) -> CaseDiff:
+                 candidate: Candidate | None = None) -> CaseDiff:
     """Reference and candidate on one case, compared term by term (and diagnosed if failing).
 
     For a recorded case the recorded delta is the reference (darknet itself);
-    decisions and branch counts come from the C reference either way.
-    ``candidate`` (a ``parity.candidates.Candidate``) overrides ``opts.candidate``
-    for in-process callers such as the pytest plugin.
+    the decisions that judge borderline slots, the roles and the branch
+    counts always come from the C reference's run on the same input.
+    ``candidate`` (a live ``parity.candidates.Candidate``) overrides
+    ``opts.candidate`` for in-process callers such as the pytest plugin.
 
     A candidate that raises or returns the wrong thing, or returns NaN/Inf
     where the reference's delta is finite, gives a result with ``error`` set
     (the CLI's exit code 2). ``DarknetInputWarning`` is silenced here:
     generated suites hold input darknet reads its own way on purpose.
     """
-    import warnings
-
-    from .errors import DarknetInputWarning
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DarknetInputWarning)
-        return _compare_case(case, opts, name, rule, candidate)
+        return _compare_case(case, opts, name, rule or load_tolerances(opts.tolerances), candidate)
 
 
-def _compare_case(case: Case, opts: RunOptions, name: str | None, rule: ToleranceRule | None,
-                  candidate: Any) -> CaseDiff:
-    import torch
+def _reference_run(case: Case, opts: RunOptions, judge: LayerRun) -> LayerRun:
+    """What the candidate is compared with: the recording, the C reference, or a real libdarknet."""
+    recorded = case.recorded_run()
+    if recorded is not None:
+        return recorded
+    if opts.reference == "c":
+        return judge
+    return run_reference(case.config, case.input, case.truth, flavor=case.flavor, backend=opts.reference,
+                         darknet_lib=opts.darknet_lib, darknet_include=opts.darknet_include)
 
-    from .candidates import load_candidate, run_candidate
-    from .facts import slot_facts
-    from .reference import run_reference
-    from .torch import yolo_forward
 
-    from .replay import ofast_nonfinite
-
+def _compare_case(case: Case, opts: RunOptions, name: str | None, rule: ToleranceRule,
+                  candidate: Candidate | None) -> CaseDiff:
     name = name or case.name
-    rule = rule or load_tolerances(opts.tolerances)
     if ofast_nonfinite(case):
         skipped = CaseDiff(name, case.flavor, tuple(case.input.shape), rule.as_dict(), meta=_plain(case.meta))
         skipped.skipped = ("recorded by darknet's -Ofast build on NaN/Inf input: its isnan checks were compiled "
                            "away, so it is not darknet's source semantics (its -O2 twin is)")
         return skipped
-    ours = run_reference(case.config, case.input, case.truth, flavor=case.flavor)
-    if case.delta is not None:
-        ref_delta = case.delta
-    elif opts.reference == "c":
-        ref_delta = ours.delta
-    else:
-        ref_delta = run_reference(case.config, case.input, case.truth, flavor=case.flavor, backend=opts.reference,
-                                  darknet_lib=opts.darknet_lib, darknet_include=opts.darknet_include).delta
-    facts = slot_facts(case, ours.roles, rule.default.atol, rule.default.rtol, output=ours.output)
+    judge = run_reference(case.config, case.input, case.truth, flavor=case.flavor, decisions=True)
+    reference = _reference_run(case, opts, judge)
+    facts = slot_facts(case, judge, rule.default.atol, rule.default.rtol)
     if candidate is None:
         candidate = load_candidate(opts.candidate, convention=opts.convention, layout=opts.layout,
                                    device=opts.device)
     try:
         out = run_candidate(candidate, case)
         if out.nonfinite:
-            _check_nonfinite(candidate, case, out.delta, ref_delta)
+            _check_nonfinite(candidate, case, out.delta, reference.delta)
     except ParityError as exc:
-        failed = CaseDiff(name, case.flavor, tuple(case.input.shape), rule.as_dict(), branches=ours.branches,
-                          meta=dict(case.meta))
+        failed = CaseDiff(name, case.flavor, tuple(case.input.shape), rule.as_dict(), branches=judge.branches,
+                          meta=_plain(case.meta))
         failed.error = str(exc)
         return failed
-    result = diff_case(name, case.flavor, ref_delta, out.delta, facts, rule=rule, per_class=opts.per_class,
-                       top_k=opts.top_k, branches=ours.branches)
+    result = compare(reference, LayerRun(None, out.delta, None, backend="candidate"), rule, case=case,
+                     decisions=judge, name=name, per_class=opts.per_class, top_k=opts.top_k, facts=facts)
     if any(m.kind == "value" for m in result.mismatches):   # which side is closer: recompute in float64
-        _, d64, _ = yolo_forward(torch.from_numpy(case.input), torch.from_numpy(case.truth), case.config,
-                                 case.flavor, dtype=torch.float64)
-        add_exact(result, d64.numpy(), 5 + case.config.classes)
+        exact = yolo_forward(torch.from_numpy(case.input), torch.from_numpy(case.truth), case.config,
+                             case.flavor, dtype=torch.float64)
+        add_exact(result, exact.delta.numpy(), 5 + case.config.classes)
     result.meta = _plain(case.meta)
     result.meta["convention"] = out.convention
     if not result.passed and opts.diagnose:
-        from .diagnosis import diagnose
-
-        result.causes = [dataclasses.asdict(c) for c in diagnose(case, ours, out.delta, facts, result)]
+        result.causes = [dataclasses.asdict(c) for c in diagnose(case, reference, out.delta, facts, result)]
     return result
 
 
@@ -268,8 +172,6 @@ def _broken(name: str, message: str) -> CaseDiff:
 
 
 def _worker_init() -> None:
-    import torch
-
     torch.set_num_threads(1)
 
 
@@ -282,36 +184,36 @@ def _groups(refs: Sequence[CaseRef]) -> list[list[CaseRef]]:
     return list(groups.values())
 
 
-def run_cases(refs: Sequence[CaseRef], opts: RunOptions, jobs: int = 1,
-              progress: Callable[[CaseDiff], None] | None = None) -> list[CaseDiff]:
-    """Every case, returned in ``refs`` order; ``jobs`` > 1 uses worker processes
-    (spawned: torch is not fork-safe), each taking whole sweeps."""
+def _run_refs(refs: Sequence[CaseRef], opts: RunOptions, jobs: int,
+              collect: Callable[[list[tuple[str, CaseDiff]]], None]) -> None:
+    """Descriptors, whole sweeps per unit of work; ``jobs`` > 1 uses worker processes
+    (spawned: torch is not fork-safe)."""
     work = [(g, opts) for g in _groups(refs)]
-    by_id: dict[str, CaseDiff] = {}
-
-    def collect(batch: list[tuple[str, CaseDiff]]) -> None:
-        for rid, res in batch:
-            by_id[rid] = res
-            if progress:
-                progress(res)
-
     if jobs <= 1:
-        import torch
+        for item in work:
+            collect(_run_group(item))
+        return
+    import multiprocessing as mp   # lazy: only --jobs runs need it
 
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)   # small per-case tensors: threads only add synchronisation
+    with mp.get_context("spawn").Pool(jobs, initializer=_worker_init) as pool:
+        for batch in pool.imap_unordered(_run_group, work):
+            collect(batch)
+
+
+def _run_live(pairs: Iterable[tuple[CaseRef, Case]], opts: RunOptions, candidate: Candidate | None,
+              rule: ToleranceRule, collect: Callable[[list[tuple[str, CaseDiff]]], None]) -> list[CaseRef]:
+    """Live cases (and maybe a live candidate) in this process; returns the refs in order.
+
+    Results are named by the case's own id ("tiny.cfg#1/head0": sample and head), as a test reads them.
+    """
+    refs = []
+    for ref, case in pairs:
+        refs.append(ref)
         try:
-            for item in work:
-                collect(_run_group(item))
-        finally:
-            torch.set_num_threads(threads)
-    else:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(jobs, initializer=_worker_init) as pool:
-            for batch in pool.imap_unordered(_run_group, work):
-                collect(batch)
-    return [by_id[r.id] for r in refs]
+            collect([(ref.id, compare_case(case, opts, name=case_id(case), rule=rule, candidate=candidate))])
+        except ParityError as exc:
+            collect([(ref.id, _broken(ref.id, str(exc)))])
+    return refs
 
 
 @dataclass
@@ -325,6 +227,7 @@ class SuiteResult:
     rule: str = ""
     seconds: float = 0.0
     shards: list[str] = field(default_factory=list)
+    require_coverage: bool = False        # missing branch coverage fails the run (else it is only reported)
 
     @property
     def failed(self) -> list[CaseDiff]:
@@ -343,12 +246,12 @@ class SuiteResult:
 
     @property
     def passed(self) -> bool:
-        return not self.failed and not self.missing_branches
+        return not self.failed and not (self.require_coverage and self.missing_branches)
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "passed": self.passed, "cases": [c.to_json() for c in self.cases],
                 "coverage": self.coverage, "enabled": self.enabled, "options": self.options, "rule": self.rule,
-                "seconds": self.seconds, "shards": self.shards}
+                "seconds": self.seconds, "shards": self.shards, "require_coverage": self.require_coverage}
 
     def save(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -362,8 +265,12 @@ class SuiteResult:
             raise ParityError(f"{path}: not a readable suite result: {exc}") from exc
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise ParityError(f"{path}: not a darknet-parity suite result (schema {SCHEMA})")
-        return cls([CaseDiff.from_json(c) for c in data["cases"]], data["coverage"], data["enabled"],
-                   data.get("options", {}), data.get("rule", ""), data.get("seconds", 0.0), data.get("shards", []))
+        try:
+            return cls([CaseDiff.from_json(c) for c in data["cases"]], data["coverage"], data["enabled"],
+                       data.get("options", {}), data.get("rule", ""), data.get("seconds", 0.0),
+                       data.get("shards", []), bool(data.get("require_coverage", False)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ParityError(f"{path}: a damaged suite result ({type(exc).__name__}: {exc})") from None
 
 
 def group_of(ref: CaseRef) -> str:
@@ -374,8 +281,6 @@ def group_of(ref: CaseRef) -> str:
 def coverage(refs: Sequence[CaseRef], results: Sequence[CaseDiff],
              profiles_extra: Sequence[str] = ()) -> tuple[dict, dict]:
     """Per group: how many cases hit each branch, and (profiles only) which branches their heads enable."""
-    from .profiles import load_profiles
-
     hit: dict[str, dict[str, int]] = {}
     for ref, res in zip(refs, results):
         counts = hit.setdefault(group_of(ref), {})
@@ -391,15 +296,53 @@ def coverage(refs: Sequence[CaseRef], results: Sequence[CaseDiff],
     return hit, enabled
 
 
-def run_suite(refs: Sequence[CaseRef], opts: RunOptions, jobs: int = 1,
-              progress: Callable[[CaseDiff], None] | None = None, shard_spec: str | None = None) -> SuiteResult:
-    """Run ``refs`` and gather results, coverage and the rule in force."""
+def run_suite(cases: Sequence[CaseRef] | Iterable[tuple[CaseRef, Case]], opts: RunOptions, *, jobs: int = 1,
+              progress: Callable[[CaseDiff], None] | None = None, shard_spec: str | None = None,
+              candidate: Candidate | None = None, rule: ToleranceRule | None = None,
+              options: dict[str, Any] | None = None) -> SuiteResult:
+    """Run a suite and gather results, coverage and the rule in force: the CLI's and the plugin's runner.
+
+    ``cases`` are descriptors (rebuilt where they run; ``jobs`` > 1 spreads
+    whole sweeps over worker processes) or live ``(ref, case)`` pairs.
+    ``candidate`` (a live Candidate, e.g. a test's callable) and ``rule`` (a
+    live ToleranceRule) override ``opts.candidate``/``opts.tolerances``;
+    live inputs run in this process. ``options`` adds entries to the
+    result's recorded options. Torch runs single-threaded per process (small
+    per-case tensors: threads only add synchronisation).
+    """
     start = time.perf_counter()
-    results = run_cases(refs, opts, jobs, progress)
+    rule = rule or load_tolerances(opts.tolerances)
+    by_id: dict[str, CaseDiff] = {}
+
+    def collect(batch: list[tuple[str, CaseDiff]]) -> None:
+        for rid, res in batch:
+            by_id[rid] = res
+            if progress:
+                progress(res)
+
+    cases = cases if isinstance(cases, Sequence) else list(cases)
+    live = candidate is not None or any(not isinstance(c, CaseRef) for c in cases)
+    if live and jobs > 1:
+        raise ParityError("--jobs > 1 needs a candidate spec string ('module:callable') and case descriptors; "
+                          "a live callable runs in this process")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if any(not isinstance(c, CaseRef) for c in cases):
+            refs = _run_live(cases, opts, candidate, rule, collect)
+        elif candidate is not None:
+            refs = _run_live(build_cases(cases, opts.profiles_extra), opts, candidate, rule, collect)
+        else:
+            refs = list(cases)
+            _run_refs(refs, opts, jobs, collect)
+    finally:
+        torch.set_num_threads(threads)
+    results = [by_id[r.id] for r in refs]
     hit, enabled = coverage(refs, results, opts.profiles_extra)
-    rule = load_tolerances(opts.tolerances).describe()
-    return SuiteResult(results, hit, enabled, dataclasses.asdict(opts), rule, time.perf_counter() - start,
-                       [shard_spec] if shard_spec else [])
+    recorded = dataclasses.asdict(opts)
+    recorded.update(options or {})
+    return SuiteResult(results, hit, enabled, recorded, rule.describe(), time.perf_counter() - start,
+                       [shard_spec] if shard_spec else [], opts.require_coverage)
 
 
 def merge(results: Iterable[SuiteResult]) -> SuiteResult:
@@ -417,4 +360,5 @@ def merge(results: Iterable[SuiteResult]) -> SuiteResult:
         merged.rule = merged.rule or res.rule
         merged.seconds += res.seconds
         merged.shards += res.shards
+        merged.require_coverage = merged.require_coverage or res.require_coverage
     return merged

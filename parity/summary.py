@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .agreement import ATOL, RTOL, Agreement
+from .diff import Agreement
+from .tolerance import ATOL, RTOL
 
 
 def agreement_table(results: Sequence[Agreement], title: str) -> str:
@@ -15,6 +16,8 @@ def agreement_table(results: Sequence[Agreement], title: str) -> str:
             lines.append(f"{name:52s} {'skipped':9s} {r.skipped}")
             continue
         extra = f"  stats: {r.stats_mismatches}" if r.stats_mismatches else ""
+        extra += f"  error: {r.error}" if r.error else ""
+        extra += f"  ({r.borderline} borderline)" if r.borderline else ""
         lines.append(f"{name:52s} {r.status:9s} {r.decision_mismatches:9d} {r.value_mismatches:7d} "
                      f"{r.max_abs:10.3g} {r.max_rel:10.3g}{extra}")
     lines.append(totals_line(results))

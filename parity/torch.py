@@ -1,7 +1,7 @@
 """``parity.torch``: darknet's [yolo] layer for PyTorch users.
 
     from parity.torch import yolo_forward, DarknetYoloLoss
-    output, delta, stats = yolo_forward(input, truth, config, flavor="alexeyab")
+    run = yolo_forward(input, truth, config, flavor="alexeyab")   # run.output, run.delta, run.stats, ...
     loss = DarknetYoloLoss("yolov4.cfg")(head_outputs, targets); loss.backward()
 
 See ``parity.torch_layer`` (the forward pass) and ``parity.torch_loss``

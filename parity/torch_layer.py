@@ -20,18 +20,19 @@ rank loop need sizes on the host (a handful of ``.item()``/``nonzero`` calls).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from . import roles as _roles
 from .config import FLT_MAX, YoloConfig
-from .layer_input import check_flavor, check_layer_shapes, truth_notes, warn_darknet_input
 from .errors import InputError
+from .layer_input import check_flavor, check_layer_shapes, truth_notes, warn_darknet_input
+from .result import Assignments, Decisions, LayerRun, LayerStats
 from .torch_box import Boxes, box_giou, box_iou, box_iou_kind, iou_loss_grad
-from . import reference as _roles
 
 # Elements processed per step by the chunked passes (activation, ignore
 # search). On the CPU a chunk that stays in cache is several times faster
@@ -89,6 +90,7 @@ class _Layer:
     anchors: Tensor  # [total, 2] float32 pixels
     mask: Tensor     # [n] long
     mult: Tensor | None  # [C] float32 class multipliers
+    decisions: Decisions = field(default_factory=Decisions)   # filled by the passes that decide
 
     @property
     def alexeyab(self) -> bool:
@@ -322,20 +324,24 @@ def _box_increment(L: _Layer, pred: Boxes, truth: Boxes, xbox: Tensor, anchor: T
     return inc
 
 
-@dataclass
-class _Assignments:
-    """Every (truth -> slot) write of step 3, in darknet's order."""
+def _record_truth_decisions(L: _Layer, tr: _Truths, b: Tensor, t: Tensor, i: Tensor, j: Tensor, best_n: Tensor,
+                            anchor_iou: Tensor) -> None:
+    """Per truth row: used, best anchor over all anchors, cell, and the anchor IoUs that chose it."""
+    B, T = tr.valid.shape
+    dev = L.output.device
+    d = L.decisions
+    d.truth_used = tr.valid.clone()
+    d.truth_best_anchor = torch.full((B, T), -1, dtype=torch.long, device=dev)
+    d.truth_best_anchor[b, t] = best_n
+    d.truth_i = torch.full((B, T), -1, dtype=torch.long, device=dev)
+    d.truth_j = torch.full((B, T), -1, dtype=torch.long, device=dev)
+    d.truth_i[b, t] = i
+    d.truth_j[b, t] = j
+    d.anchor_iou = torch.zeros((B, T, L.config.num), dtype=anchor_iou.dtype, device=dev)
+    d.anchor_iou[b, t] = anchor_iou
 
-    b: Tensor
-    t: Tensor
-    a: Tensor
-    anchor: Tensor
-    j: Tensor
-    i: Tensor
-    extra: Tensor  # bool: via iou_thresh
 
-
-def _assignments(L: _Layer, tr: _Truths) -> _Assignments:
+def _assignments(L: _Layer, tr: _Truths) -> Assignments:
     cfg = L.config
     dev = L.output.device
     B, T = tr.valid.shape
@@ -353,6 +359,7 @@ def _assignments(L: _Layer, tr: _Truths) -> _Assignments:
     iou = box_iou(Boxes(*(c[None, :] for c in anchors)), Boxes(*(c[:, None] for c in shape)),
                   pjreddie=not L.alexeyab)              # [N, total]
     _, best_n = _best_over(iou)
+    _record_truth_decisions(L, tr, b, t, i, j, best_n, iou)
     slot_of = torch.full((total,), -1, dtype=torch.long, device=dev)
     for a in reversed(range(L.n)):                        # first index wins, as int_index
         slot_of[int(cfg.mask[a])] = a
@@ -378,10 +385,10 @@ def _assignments(L: _Layer, tr: _Truths) -> _Assignments:
     seq = row * (total + 1) + sub
     perm = torch.argsort(seq, stable=True)
     row, anchor, is_extra = row[perm], anchor[perm], is_extra[perm]
-    return _Assignments(b[row], t[row], slot_of[anchor], anchor, j[row], i[row], is_extra)
+    return Assignments(b[row], t[row], slot_of[anchor], anchor, j[row], i[row], is_extra)
 
 
-def _slot_ranks(L: _Layer, asg: _Assignments) -> Tensor:
+def _slot_ranks(L: _Layer, asg: Assignments) -> Tensor:
     """Rank of each assignment among those writing the same slot (0 for the first)."""
     key = ((asg.b * L.n + asg.a) * L.H + asg.j) * L.W + asg.i
     order = torch.argsort(key, stable=True)               # stable: keeps darknet's order within a slot
@@ -405,14 +412,18 @@ def _cell_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
     o, d = L.output, L.delta
     pred = _grid_pred_boxes(L)
     best_iou, best_t = _ignore_search(L, pred, tr)
+    L.decisions.best_iou = best_iou
+    L.decisions.pred_box = torch.stack(list(pred), dim=-1)
+    L.decisions.best_truth = torch.where(best_iou > 0, best_t, torch.full_like(best_t, -1))
     if L.alexeyab:
         has_truth = tr.valid.any(dim=1).view(L.B, 1, 1, 1)
         obj = o[:, :, 4]
         bad = ~torch.isfinite(obj) & has_truth
         o[:, :, 4] = torch.where(bad, torch.zeros_like(obj), obj)
         L.roles |= bad.to(torch.int32) * _roles.ROLE_OBJ_NONFINITE
-        class_match = (o[:, :, 5:] > 0.25).any(dim=2)
+        class_match = (o[:, :, 5:] > _roles.CLASS_MATCH_THRESH).any(dim=2)
         best_match = torch.where(class_match, best_iou, torch.zeros_like(best_iou))
+        L.decisions.class_match, L.decisions.best_match_iou = class_match, best_match
         p = o[:, :, 4]
         obj_norm = _f32(cfg.obj_normalizer)
         d_obj = obj_norm * (0 - p)
@@ -429,6 +440,8 @@ def _cell_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
         p = o[:, :, 4]
         ignored = best_iou > _f32(cfg.ignore_thresh)
         d[:, :, 4] = torch.where(ignored, torch.zeros_like(p), 0 - p)
+        L.decisions.class_match = torch.ones_like(ignored)
+        L.decisions.best_match_iou = best_iou
     L.roles |= ignored.to(torch.int32) * _roles.ROLE_IGNORED
 
     positive = best_iou > _f32(cfg.truth_thresh)
@@ -469,8 +482,7 @@ def _truth_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
     cfg = L.config
     o, d = L.output, L.delta
     asg = _assignments(L, tr)
-    stats["assignments"] = {"b": asg.b, "t": asg.t, "a": asg.a, "anchor": asg.anchor, "j": asg.j, "i": asg.i,
-                            "extra": asg.extra}
+    L.decisions.assignments = asg
     N = asg.b.shape[0]
     stats["assigned"] = stats["assigned"] + N
     if N == 0:
@@ -483,6 +495,7 @@ def _truth_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
     cm = L.mult[cls] if (L.alexeyab and L.mult is not None) else torch.ones_like(truth.x)
     pred = _pred_boxes(L, a, asg.anchor, j, i, b)
     iou = box_iou(pred, truth, pjreddie=not L.alexeyab)
+    asg.iou = iou
     xbox = torch.stack([o[b, a, e, j, i] for e in range(4)], dim=1)
     inc = _box_increment(L, pred, truth, xbox, asg.anchor, j, i, cm)
     stats["tot_iou"] = stats["tot_iou"] + iou.sum()
@@ -529,6 +542,7 @@ def _averaging_pass(L: _Layer) -> None:
     has_obj = d[:, :, 4] != 0                                # [B, n, H, W]
     positive = (d[:, :, 5:] > 0).sum(dim=2)                  # [B, n, H, W]
     divide = has_obj & (positive > 0)
+    L.decisions.divisor = torch.where(divide, positive, torch.zeros_like(positive))
     L.roles |= (has_obj & (positive > 1)).to(torch.int32) * _roles.ROLE_AVERAGED
     denom = torch.where(divide, positive, torch.ones_like(positive)).to(d.dtype)
     d[:, :, 0:4] = torch.where(divide[:, :, None], d[:, :, 0:4] / denom[:, :, None], d[:, :, 0:4])
@@ -608,7 +622,7 @@ def _cost(L: _Layer, stats: dict[str, Tensor]) -> None:
 
 def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str | None = None, *,
                  delta_normalizer: bool = False,
-                 dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, dict[str, Any]]:
+                 dtype: torch.dtype = torch.float32) -> LayerRun:
     """darknet's [yolo] training forward pass on torch tensors.
 
     Args:
@@ -623,11 +637,12 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
             results is closer to the exact value.
 
     Returns:
-        ``(output, delta, stats)``: float32 tensors in darknet's layout and a dict of 0-d
-        tensors (``cost``, ``count``, ``tot_iou``, ...; AlexeyAB adds ``rewritten_bbox``,
-        ``total_bbox``) plus ``roles`` ([batch, n, h, w] int32 decision bits) and
-        ``assignments`` (step 3's writes in darknet's order: index tensors ``b, t, a,
-        anchor, j, i`` and ``extra``, true for iou_thresh extras).
+        ``parity.result.LayerRun`` on the input's device: ``output`` and ``delta`` in
+        darknet's layout, ``stats`` (``LayerStats`` of 0-d tensors: no host sync; ``.host()``
+        or ``run.numpy()`` gives Python numbers), ``roles`` ([batch, n, h, w] int32 bits of
+        ``parity.roles``) and ``decisions`` (best IoU and truth per slot, the class-match
+        test, each truth's best anchor, the assignments in darknet's order, the averaging
+        divisor), ``backend="torch"``.
     """
     if not isinstance(config, YoloConfig):
         raise InputError(f"config must be a parity.config.YoloConfig, got {type(config).__name__}")
@@ -673,10 +688,15 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
     if L.alexeyab and _f32(config.iou_thresh) < 1.0:
         _averaging_pass(L)
     _cost(L, stats)
-    if not L.alexeyab:
-        for key in ("tot_iou_loss", "tot_giou_loss", "rewritten_bbox", "total_bbox"):
-            stats.pop(key)
-    stats["roles"] = L.roles
     if delta_normalizer:
         delta = delta * _f32(config.delta_normalizer)
-    return output, delta, stats
+    return LayerRun(output, delta, _layer_stats(L, stats), L.roles, L.decisions, backend="torch")
+
+
+def _layer_stats(L: _Layer, stats: dict[str, Any]) -> LayerStats:
+    """The typed figures (0-d tensors; AlexeyAB-only ones None for pjreddie)."""
+    ab = L.alexeyab
+    only_ab = {k: (stats.get(k) if ab else None) for k in ("rewritten_bbox", "total_bbox", "tot_iou_loss",
+                                                          "tot_giou_loss", "class_loss", "iou_loss")}
+    return LayerStats(stats["cost"], stats["count"], stats["assigned"], stats["tot_iou"], stats["avg_iou"],
+                      total_loss=stats.get("total_loss") if ab else None, **only_ab)

@@ -21,6 +21,7 @@ from torch.autograd.function import once_differentiable
 
 from .config import YoloConfig
 from .errors import InputError
+from .result import LayerStats
 from .torch_layer import yolo_forward
 
 
@@ -48,12 +49,11 @@ class _DarknetGradient(torch.autograd.Function):
 
 
 def darknet_yolo_cost(head: Tensor, truth: Tensor, config: YoloConfig, flavor: str | None = None, *,
-                      delta_normalizer: bool = False) -> tuple[Tensor, Tensor, dict[str, Any]]:
+                      delta_normalizer: bool = False) -> tuple[Tensor, Tensor, LayerStats]:
     """One head: ``(cost, delta, stats)``; ``cost.backward()`` leaves ``head.grad == -delta``."""
     with torch.no_grad():
-        _, delta, stats = yolo_forward(head, truth, config, flavor or config.flavor,
-                                       delta_normalizer=delta_normalizer)
-    return _DarknetGradient.apply(head, stats["cost"], delta), delta, stats
+        run = yolo_forward(head, truth, config, flavor or config.flavor, delta_normalizer=delta_normalizer)
+    return _DarknetGradient.apply(head, run.stats.cost, run.delta), run.delta, run.stats
 
 
 def targets_from_rows(rows: Tensor, batch_size: int, max_boxes: int = 200) -> Tensor:
@@ -148,7 +148,7 @@ class DarknetYoloLoss(nn.Module):
         self.flavor = flavor or self.configs[0].flavor
         self.layout = layout
         self.delta_normalizer = delta_normalizer
-        self.last_stats: list[dict[str, Any]] = []
+        self.last_stats: list[LayerStats] = []
 
     def _to_nchw(self, head: Tensor, config: YoloConfig) -> Tensor:
         if self.layout == "nchw":

@@ -309,7 +309,8 @@ def _run(backend: str, config: YoloConfig, x, t, flavor: str | None = None):
     if backend == "c":
         res = run_reference(config, x, t, flavor=flavor)
         return res.output, res.delta
-    output, delta, _ = yolo_forward(torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(t)), config, flavor)
+    run = yolo_forward(torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(t)), config, flavor)
+    output, delta = run.output, run.delta
     return output.numpy(), delta.numpy()
 
 
@@ -519,7 +520,7 @@ def _quirky_case(tmp_path: Path | None = None, name: str = "quirky.npz") -> Case
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DarknetInputWarning)
         res = run_reference(config, x, truth)
-    case = Case(dump_yolo_cfg(config), config, "alexeyab", x, truth, res.output, res.delta, dict(res.stats),
+    case = Case(dump_yolo_cfg(config), config, "alexeyab", x, truth, res.output, res.delta, res.stats.as_dict(),
                 {"generator": "test_bad_input"})
     if tmp_path is not None:
         save_case(tmp_path / name, case)
@@ -781,7 +782,7 @@ def test_a_one_anchor_case_is_compared_without_crashing(tmp_path, capsys):
         warnings.simplefilter("ignore", DarknetInputWarning)
         res = run_reference(CONFIG, good_input(), truth)
     save_case(tmp_path / "one.npz", Case(dump_yolo_cfg(CONFIG), CONFIG, "alexeyab", good_input(), truth, res.output,
-                                          res.delta, dict(res.stats), {}))
+                                          res.delta, res.stats.as_dict(), {}))
     assert main(["replay", str(tmp_path / "one.npz")]) == 0
 
 

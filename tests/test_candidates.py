@@ -31,7 +31,7 @@ def _case(seed: int = 3, flavor: str = "alexeyab", **changes):
 
 
 def _darknet_delta(case) -> np.ndarray:
-    _, delta, _ = yolo_forward(torch.from_numpy(case.input), torch.from_numpy(case.truth), case.config, case.flavor)
+    delta = yolo_forward(torch.from_numpy(case.input), torch.from_numpy(case.truth), case.config, case.flavor).delta
     return delta.numpy()
 
 
@@ -149,9 +149,9 @@ class TestNaive:
         darknet = _darknet_delta(case)
         assert not np.allclose(out.delta, darknet, atol=1e-5, rtol=1e-4)
         # ...but its objectness on plain negatives is BCE's, darknet's -p.
-        _, _, stats = yolo_forward(torch.from_numpy(case.input), torch.from_numpy(case.truth), case.config)
+        roles = yolo_forward(torch.from_numpy(case.input), torch.from_numpy(case.truth), case.config).roles
         busy = ROLE_IGNORED | ROLE_TRUTH_THRESH | ROLE_BEST_ANCHOR | ROLE_EXTRA_ANCHOR
-        plain = ((stats["roles"] & busy) == 0).numpy()
+        plain = ((roles & busy) == 0).numpy()
         b, _, h, w = case.input.shape
         obj = lambda d: d.reshape(b, case.config.n, -1, h, w)[:, :, 4][plain]  # noqa: E731
         assert plain.sum() > 0

@@ -17,7 +17,7 @@ def _case_file(tmp_path, tamper: bool = False):
     config = random_config(np.random.default_rng([9, 9]), "alexeyab")
     case = random_case(99, config)
     res = run_reference(case.config, case.input, case.truth)
-    case.output, case.delta, case.stats = res.output, res.delta, res.stats
+    case.output, case.delta, case.stats = res.output, res.delta, res.stats.as_dict()
     if tamper:
         k = np.flatnonzero(case.delta)[0]
         case.delta.flat[k] *= 1.01
@@ -96,7 +96,7 @@ class TestRunAndMerge:
     def test_wrong_candidate_exits_1_and_names_the_cause(self, tmp_path, capsys):
         fixture = tmp_path / "wrong.py"
         fixture.write_text("from parity.torch import yolo_forward\n"
-                           "def loss(x, t, c):\n    return -yolo_forward(x, t, c)[1]\n")
+                           "def loss(x, t, c):\n    return -yolo_forward(x, t, c).delta\n")
         code = main(["run", "--profile", "yolov4-tiny", "--cases", "2", "--candidate", f"{fixture}:loss",
                      "--convention", "delta"])
         out = capsys.readouterr().out

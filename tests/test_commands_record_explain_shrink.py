@@ -18,7 +18,8 @@ from parity.layer_input import active_rows, check_layer_input
 from parity.reference import ROLE_BEST_ANCHOR, ROLE_EXTRA_ANCHOR, ROLE_IGNORED, run_reference
 from parity.replay import replay_case, replay_paths, shared_recorded_dir
 from parity.shrink import _crop, _drop_rows, _keep_classes, case_size, shrink_case
-from parity.suite import CaseRef, RunOptions, build_case, compare_case
+from parity.cases import CaseRef, build_case
+from parity.suite import RunOptions, compare_case
 
 REPO = Path(__file__).resolve().parent.parent
 CFG_DIR = REPO / "fixtures" / "cfg"
@@ -44,11 +45,11 @@ def doubled_x(input, truth, config):
 
 def ignored_not_zeroed(input, truth, config):
     """The plain negative -p written where darknet ignores the objectness."""
-    output, delta, stats = yolo_forward(input, truth, config)
-    delta = delta.clone()
+    run = yolo_forward(input, truth, config)
+    output, delta = run.output, run.delta.clone()
     stride = 5 + config.classes
     for a in range(config.n):
-        ignored = (stats["roles"][:, a] & 1) != 0
+        ignored = (run.roles[:, a] & 1) != 0
         obj = delta[:, a * stride + 4]
         obj[ignored] = -output[:, a * stride + 4][ignored] * config.obj_normalizer
     return delta

@@ -22,8 +22,8 @@ V4 = dict(classes=4, num=9, anchors=(12.0, 16, 19, 36, 40, 28, 36, 75, 76, 55, 7
 
 
 def _delta(x, t, config, **kw):
-    _, d, st = yolo_forward(x, t, config, **kw)
-    return d, st
+    run = yolo_forward(x, t, config, **kw)
+    return run.delta, run
 
 
 def _diagnose(config: YoloConfig, fn, seeds=range(3), flavor="alexeyab", convention="delta"):
@@ -82,9 +82,9 @@ class TestValueCauses:
         def fn(x, t, c):
             d, st = _delta(x, t, c)
             v = _view(d, c)
-            asg = st["assignments"]
-            tw, th = t[asg["b"], asg["t"], 2], t[asg["b"], asg["t"], 3]
-            v[asg["b"], asg["a"], :4, asg["j"], asg["i"]] /= (2 - tw * th)[:, None]
+            asg = st.decisions.assignments
+            tw, th = t[asg.b, asg.t, 2], t[asg.b, asg.t, 3]
+            v[asg.b, asg.a, :4, asg.j, asg.i] /= (2 - tw * th)[:, None]
             return d
         assert ("w", "box_scale") in _diagnose(config, fn)
 
@@ -162,16 +162,14 @@ class TestValueCauses:
 
         def fn(x, t, c):
             d, st = _delta(x, t, c)
-            out, _, _ = yolo_forward(x, t, c)
-            from parity.facts import slot_facts
-            from parity.case import Case
+            out = yolo_forward(x, t, c).output
             v = _view(d, c)
-            asg = st["assignments"]
+            asg = st.decisions.assignments
             o = _view(out, c)
-            for k in range(asg["b"].numel()):
-                b, a, j, i, tt = (int(asg[n][k]) for n in ("b", "a", "j", "i", "t"))
+            for k in range(asg.b.numel()):
+                b, a, j, i, tt = (int(getattr(asg, n)[k]) for n in ("b", "a", "j", "i", "t"))
                 px = (i + o[b, a, 0, j, i]) / x.shape[3]
-                pw = torch.exp(o[b, a, 2, j, i].double()) * c.anchors[2 * int(asg["anchor"][k])] / c.net_w
+                pw = torch.exp(o[b, a, 2, j, i].double()) * c.anchors[2 * int(asg.anchor[k])] / c.net_w
                 tx, tw = t[b, tt, 0], t[b, tt, 2]
                 if min(px + pw / 2, tx + tw / 2) - max(px - pw / 2, tx - tw / 2) <= 0:
                     v[b, a, 0:4, j, i] *= 0.3      # something else where the boxes are apart
@@ -196,7 +194,7 @@ class TestDecisionCauses:
 
         def fn(x, t, c):
             d, _ = _delta(x, t, c)
-            out, _, _ = yolo_forward(x, t, c)
+            out = yolo_forward(x, t, c).output
             roles = _roles(x, t, c)
             ignored = ((roles & ROLE_IGNORED) != 0) & ((roles & (ROLE_BEST_ANCHOR | ROLE_EXTRA_ANCHOR |
                                                                    ROLE_TRUTH_THRESH)) == 0)
@@ -223,10 +221,10 @@ class TestDecisionCauses:
 
         def last_writer(x, t, c):
             d, st = _delta(x, t, c)
-            asg = st["assignments"]
+            asg = st.decisions.assignments
             key = {}
-            for k in range(asg["b"].numel()):
-                key.setdefault(tuple(int(asg[n][k]) for n in ("b", "a", "j", "i")), []).append(int(asg["t"][k]))
+            for k in range(asg.b.numel()):
+                key.setdefault(tuple(int(getattr(asg, n)[k]) for n in ("b", "a", "j", "i")), []).append(int(asg.t[k]))
             v = _view(d, c)
             for (b, a, j, i), ts in key.items():
                 if len(ts) < 2:

@@ -75,15 +75,15 @@ from parity.torch import yolo_forward
 
 
 def correct(input, truth, config):
-    return yolo_forward(input, truth, config)[1]
+    return yolo_forward(input, truth, config).delta
 
 
 def sign_flipped(input, truth, config):
-    return -yolo_forward(input, truth, config)[1]
+    return -yolo_forward(input, truth, config).delta
 
 
 def x_doubled(input, truth, config):
-    delta = yolo_forward(input, truth, config)[1].clone()
+    delta = yolo_forward(input, truth, config).delta.clone()
     b, _, h, w = delta.shape
     delta.view(b, config.n, 5 + config.classes, h, w)[:, :, 0] *= 2
     return delta

@@ -354,7 +354,8 @@ class TestTorchPortOnProfileCases:
         # real rows after it, real rows past max, NaN/Inf (samples 1-3 of every profile).
         import torch
 
-        from parity.agreement import compare_runs
+        from parity.compare import compare
+        from parity.diff import Agreement
         from parity.torch import yolo_forward
 
         from measured import record
@@ -364,13 +365,10 @@ class TestTorchPortOnProfileCases:
             for case in profile_cases(profiles()[name], 4, 0):
                 if case.meta["sample"] == 0:
                     continue
-                ref = run_reference(case.config, case.input, case.truth, flavor=case.flavor)
-                out, delta, stats = yolo_forward(torch.from_numpy(case.input), torch.from_numpy(case.truth),
-                                                 case.config, case.flavor)
-                scalars = {k: v.item() for k, v in stats.items() if torch.is_tensor(v) and v.dim() == 0}
-                agreement = compare_runs(case_id(case), ref.output, ref.delta, ref.stats, out.numpy(),
-                                         delta.numpy(), scalars)
-                agreement.decision_mismatches += int((stats["roles"].numpy() != ref.roles).sum())
+                ref = run_reference(case.config, case.input, case.truth, flavor=case.flavor, decisions=True)
+                run = yolo_forward(torch.from_numpy(case.input), torch.from_numpy(case.truth), case.config,
+                                   case.flavor)
+                agreement = Agreement.of(compare(ref, run, case=case, name=case_id(case)))
                 record("PyTorch on cpu vs C reference (profile edge samples)", agreement.max_abs, agreement.max_rel)
                 if not agreement:
                     failures.append(f"{case_id(case)}: {agreement}")

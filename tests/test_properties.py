@@ -311,18 +311,17 @@ def cases(draw, config_strategy=None, min_batch: int = 1, max_batch: int = 3, gr
 
 def run_c(case: Case):
     ref = run_reference(case.config, case.input, case.truth, flavor=case.flavor)
-    return ref.output, ref.delta, ref.roles, ref.stats
+    return ref.output, ref.delta, ref.roles, ref.stats.as_dict()
 
 
 def run_torch(case: Case):
-    out, delta, stats = yolo_forward(torch.from_numpy(case.input), torch.from_numpy(case.truth), case.config,
-                                     case.flavor)
-    scalars = {k: v.item() for k, v in stats.items() if torch.is_tensor(v) and v.dim() == 0}
-    return out.numpy(), delta.numpy(), stats["roles"].numpy(), scalars
+    run = yolo_forward(torch.from_numpy(case.input), torch.from_numpy(case.truth), case.config,
+                       case.flavor).numpy()
+    return run.output, run.delta, run.roles, run.stats.as_dict()
 
 
 RUNNERS = {"C reference": run_c, "PyTorch": run_torch}
-COUNTERS = ("count", "assigned", "rewritten_bbox", "total_bbox")
+COUNTERS = ("count", "count_raw", "rewritten_bbox", "total_bbox")
 
 
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parity.agreement import compare_runs, within
+from parity.compare import compare
+from parity.diff import Agreement
+from parity.tolerance import within
 from parity.case import load_case
 from parity.reference import run_reference
 from parity.replay import ofast_nonfinite, shared_recorded_dir
@@ -45,8 +47,8 @@ def _params(subset: str) -> list:
 def _replay(path: Path | None):
     assert path is not None, "recorded dev set missing"
     case = load_case(path)
-    res = run_reference(case.config, case.input, case.truth, flavor=case.flavor)
-    agreement = compare_runs(path.name, case.output, case.delta, case.stats, res.output, res.delta, res.stats)
+    res = run_reference(case.config, case.input, case.truth, flavor=case.flavor, decisions=True)
+    agreement = Agreement.of(compare(case.recorded_run(), res, case=case, decisions=res, name=path.name))
     record(f"C reference vs recorded {path.parent.name}", agreement.max_abs, agreement.max_rel)
     return case, res, agreement
 

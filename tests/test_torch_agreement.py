@@ -4,6 +4,8 @@ Bar (issue 3): zero decision mismatches (delta zero vs nonzero, and the
 per-cell roles: ignored, class-match blocked, truth_thresh, best/extra
 anchor, rewritten, class shortcut, averaged), every element within
 1e-5 + 1e-4*|reference|, counters equal and cost within the same rule.
+All through the one comparator (``parity.compare.compare``); the port is
+exact, so not even borderline mismatches are allowed here.
 The CUDA class runs the same comparison on a GPU and skips without one.
 """
 from __future__ import annotations
@@ -16,8 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from parity.agreement import Agreement, compare_runs
 from parity.case import Case, load_case
+from parity.compare import compare
+from parity.diff import Agreement
 from parity.generate import random_case, random_config
 from parity.reference import run_reference
 from parity.replay import ofast_nonfinite, shared_recorded_dir
@@ -28,16 +31,14 @@ from measured import record
 RANDOM_CASES = 2000
 
 
-def torch_agreement(case: Case, ref_output, ref_delta, ref_stats, ref_roles, device: str,
-                    label: str) -> Agreement:
-    out, delta, stats = yolo_forward(torch.from_numpy(case.input).to(device), torch.from_numpy(case.truth).to(device),
-                                     case.config, case.flavor)
-    scalars = {k: v.item() for k, v in stats.items() if torch.is_tensor(v) and v.dim() == 0}
-    agreement = compare_runs(case.name, ref_output, ref_delta, ref_stats, out.cpu().numpy(), delta.cpu().numpy(),
-                             scalars)
-    if ref_roles is not None:
-        agreement.decision_mismatches += int((stats["roles"].cpu().numpy() != ref_roles).sum())
+def torch_agreement(case: Case, reference, device: str, label: str) -> Agreement:
+    """The port on ``device`` against ``reference`` (a LayerRun), judged by the C reference's decisions."""
+    judge = run_reference(case.config, case.input, case.truth, flavor=case.flavor, decisions=True)
+    run = yolo_forward(torch.from_numpy(case.input).to(device), torch.from_numpy(case.truth).to(device),
+                       case.config, case.flavor)
+    agreement = Agreement.of(compare(reference or judge, run, case=case, decisions=judge))
     record(f"PyTorch on {device} vs {label}", agreement.max_abs, agreement.max_rel)
+    assert agreement.borderline == 0, f"{case.name}: {agreement.borderline} borderline mismatches"
     return agreement
 
 
@@ -55,9 +56,7 @@ def random_cases(count: int = RANDOM_CASES) -> list[Case]:
 def _check_random(device: str, chunk: slice) -> None:
     failures = []
     for case in random_cases()[chunk]:
-        ref = run_reference(case.config, case.input, case.truth, flavor=case.flavor)
-        agreement = torch_agreement(case, ref.output, ref.delta, ref.stats, ref.roles, device,
-                                    "C reference (random cases)")
+        agreement = torch_agreement(case, None, device, "C reference (random cases)")
         if not agreement:
             failures.append(f"{case.meta['generator']}: {agreement.decision_mismatches} decisions, "
                             f"{agreement.value_mismatches} values, stats {agreement.stats_mismatches}")
@@ -104,8 +103,7 @@ class TestTorchVsRecordedDarknet:
         if ofast_nonfinite(case):
             assert (path.parent.parent / "alexeyab-O2" / path.name).exists()  # its -O2 twin is compared
             return
-        agreement = torch_agreement(case, case.output, case.delta, case.stats, None, "cpu",
-                                    f"recorded {path.parent.name}")
+        agreement = torch_agreement(case, case.recorded_run(), "cpu", f"recorded {path.parent.name}")
         assert agreement, agreement
 
 
@@ -119,5 +117,5 @@ class TestTorchVsCReferenceCUDA:
     def test_recorded_case_agrees_on_cuda(self, path):
         assert path is not None
         case = load_case(path)
-        assert torch_agreement(case, case.output, case.delta, case.stats, None, "cuda", f"recorded {path.parent.name}")
+        assert torch_agreement(case, case.recorded_run(), "cuda", f"recorded {path.parent.name}")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from parity.agreement import within
+from parity.tolerance import within
 from parity.config import parse_cfg
 from parity.errors import InputError
 from parity.generate import random_case, random_config
@@ -30,9 +30,9 @@ class TestAutogradContract:
         head = torch.from_numpy(case.input).requires_grad_()
         loss = DarknetYoloLoss(case.config)(head, torch.from_numpy(case.truth))
         loss.backward()
-        _, delta, stats = yolo_forward(torch.from_numpy(case.input), torch.from_numpy(case.truth), case.config)
-        assert torch.equal(head.grad, -delta)
-        assert loss.item() == stats["cost"].item()
+        run = yolo_forward(torch.from_numpy(case.input), torch.from_numpy(case.truth), case.config)
+        assert torch.equal(head.grad, -run.delta)
+        assert loss.item() == run.stats.cost.item()
 
     def test_grad_matches_c_reference_delta(self):
         case = _case(8)
@@ -47,7 +47,7 @@ class TestAutogradContract:
         case = _case(3)
         head = torch.from_numpy(case.input).requires_grad_()
         (3.0 * DarknetYoloLoss(case.config)(head, torch.from_numpy(case.truth))).backward()
-        _, delta, _ = yolo_forward(torch.from_numpy(case.input), torch.from_numpy(case.truth), case.config)
+        delta = yolo_forward(torch.from_numpy(case.input), torch.from_numpy(case.truth), case.config).delta
         torch.testing.assert_close(head.grad, -3.0 * delta)
 
     def test_value_is_darknet_cost_not_the_objective(self):

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..cases import case_from_spec
 from ..errors import EXIT_OK, ParityError
 from . import Command, add_reference_arguments
 
@@ -29,7 +30,6 @@ from . import Command, add_reference_arguments
 WIDTH = 160
 # Truths listed in full up to this many; beyond, only those overlapping the prediction.
 MAX_TRUTH_ROWS = 20
-_ID = re.compile(r"^(?P<source>.+)#(?P<index>\d+)(?:/head(?P<head>\d+))?$")
 
 
 def add_case_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,61 +39,6 @@ def add_case_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sweep a case id refers to (default 0)")
     parser.add_argument("--profiles-file", metavar="YAML", action="append", default=[],
                         help="extra profile file(s) merged over the shipped ones (for ids of their profiles)")
-
-
-def case_from_spec(spec: str, seed: int = 0, profiles_extra: Sequence[str] = ()) -> Any:
-    """The case a CASE argument names: a file, or a case id rebuilt with ``seed``.
-
-    "NAME#K" is ``CaseRef(kind, NAME, K, seed)`` (what ``run`` reports);
-    "NAME#S/headN" is head N of sample S (what ``case_id`` and recorded
-    file names say). NAME is a profile or a cfg file.
-    """
-    from ..suite import CaseRef, build_case
-
-    path = Path(spec)
-    if path.is_file():
-        return build_case(CaseRef("file", spec))
-    if spec.endswith(".npz") or path.is_dir():
-        raise ParityError(f"{spec}: no such case file" + (" (a folder; give one .npz file)" if path.is_dir() else ""))
-    match = _ID.match(spec)
-    if not match:
-        raise ParityError(f"CASE {spec!r}: expected a case file (.npz) or a case id such as 'yolov4#3', "
-                          "'yolov4#1/head2' or 'yolov4.cfg#0'")
-    source, index = match["source"], int(match["index"])
-    kind = _source_kind(source, profiles_extra)
-    if match["head"] is None:
-        return build_case(CaseRef(kind, source, index, seed, index + 1), tuple(profiles_extra))
-    return _sample_head(kind, source, index, int(match["head"]), seed, profiles_extra)
-
-
-def _source_kind(source: str, profiles_extra: Sequence[str]) -> str:
-    from ..profiles import load_profiles
-
-    known = load_profiles(profiles_extra)
-    if source in known:
-        return "profile"
-    if Path(source).is_file():
-        return "cfg"
-    if source.endswith(".cfg"):
-        raise ParityError(f"{source}: no such cfg file")
-    raise ParityError(f"unknown profile {source!r}; known: {', '.join(known)} (or a path to a .cfg file)")
-
-
-def _sample_head(kind: str, source: str, sample: int, head: int, seed: int, profiles_extra: Sequence[str]) -> Any:
-    from ..profiles import cfg_cases, load_profiles, profile_cases
-
-    if kind == "profile":
-        cases = profile_cases(load_profiles(profiles_extra)[source], sample + 1, seed)
-    else:
-        cases = cfg_cases(source, sample + 1, seed)
-    heads = 0
-    for case in cases:
-        if case.meta.get("sample") == sample:
-            heads += 1
-            if case.meta.get("head") == head:
-                return case
-    raise ParityError(f"{source}#{sample}/head{head}: sample {sample} has {heads} head(s): head must lie in "
-                      f"0..{heads - 1}")
 
 
 def case_label(case: Any, spec: str) -> str:
@@ -149,14 +94,14 @@ class _SlotView:
     """The numbers of one slot, gathered once, rendered as rich renderables."""
 
     def __init__(self, case: Any, slot: tuple[int, int, int, int], args: argparse.Namespace) -> None:
-        from ..diff import load_tolerances
         from ..facts import slot_facts, slot_path
+        from ..tolerance import load_tolerances
         from ..reference import run_reference
 
         self.case, self.slot = case, slot
-        self.ours = run_reference(case.config, case.input, case.truth, flavor=case.flavor)
+        self.ours = run_reference(case.config, case.input, case.truth, flavor=case.flavor, decisions=True)
         rule = load_tolerances(None)
-        self.facts = slot_facts(case, self.ours.roles, rule.default.atol, rule.default.rtol)
+        self.facts = slot_facts(case, self.ours, rule.default.atol, rule.default.rtol)
         self.path = slot_path(self.facts, *slot)
         self.reference = args.reference
         self.all_truths = bool(getattr(args, "all_truths", False))
@@ -286,22 +231,22 @@ class _SlotView:
         import numpy as np
         from rich.table import Table
 
-        from ..reference import ROLE_TRUTH_THRESH
+        from ..roles import ROLE_TRUTH_THRESH
 
         case, (b, a, j, i) = self.case, self.slot
         asg = self.facts.assignments
-        hits = np.nonzero((asg["b"] == b) & (asg["a"] == a) & (asg["j"] == j) & (asg["i"] == i))[0]
+        hits = asg.at(b, a, j, i)
         table = Table(title="truths assigned at this slot", title_justify="left")
         for col in ("truth", "through", "anchor", "anchor shape (px)", "shape IoU"):
             table.add_column(col, justify="left" if col == "through" else "right")
         anchor = case.config.mask[a]
         for k in hits:
-            t = int(asg["t"][k])
-            extra = bool(asg["extra"][k])
+            t = int(asg.t[k])
+            extra = bool(asg.extra[k])
             how = f"extra anchor (iou_thresh: {case.config.iou_thresh_kind} > {_g(case.config.iou_thresh)})" \
                 if extra else "best anchor over all anchors"
-            table.add_row(str(t), how, str(int(asg["anchor"][k])), self._anchor_shape(int(asg["anchor"][k])),
-                          self._shape_iou(t, int(asg["anchor"][k]), extra))
+            table.add_row(str(t), how, str(int(asg.anchor[k])), self._anchor_shape(int(asg.anchor[k])),
+                          self._shape_iou(t, int(asg.anchor[k]), extra))
         if int(self.facts.roles[b, a, j, i]) & ROLE_TRUTH_THRESH:
             t = self.path["best_truth"]
             table.add_row(str(t), f"truth_thresh (best IoU > {_g(case.config.truth_thresh)})", str(anchor),

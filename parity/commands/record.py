@@ -64,7 +64,7 @@ def fill_from_reference(case: Any, reference: str = "c", darknet_lib: str | None
 
     res = run_reference(case.config, case.input, case.truth, flavor=case.flavor, backend=reference,
                         darknet_lib=darknet_lib, darknet_include=darknet_include)
-    case.output, case.delta, case.stats = res.output, res.delta, dict(res.stats)
+    case.output, case.delta, case.stats = res.output, res.delta, res.stats.as_dict()
     meta = {k: v for k, v in case.meta.items() if k not in _PROVENANCE}
     meta.update({"implementation": implementation_of(reference, case.flavor, darknet_lib),
                  "reference": reference, "flavor": case.flavor,

@@ -29,7 +29,8 @@ class Replay(Command):
         add_output_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from ..suite import run_suite, suite_refs
+        from ..cases import suite_refs
+        from ..suite import run_suite
         from .run import _progress, preflight, report
 
         refs = suite_refs([], [], args.files, None, 0)

@@ -50,8 +50,9 @@ class Run(Command):
         add_output_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
+        from ..cases import shard, suite_refs
         from ..profiles import default_profile_names
-        from ..suite import run_suite, shard, suite_refs
+        from ..suite import run_suite
 
         profiles, replay = list(args.profile), list(args.replay)
         if not (profiles or args.cfg or replay):

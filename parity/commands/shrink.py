@@ -27,7 +27,8 @@ from typing import Any
 
 from ..errors import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, ParityError
 from . import Command, add_reference_arguments
-from .explain import WIDTH, add_case_arguments, case_from_spec, case_label
+from ..cases import case_from_spec
+from .explain import WIDTH, add_case_arguments, case_label
 from .harness_args import add_candidate_arguments, add_diff_arguments, run_options
 from .record import fill_from_reference, safe_name
 
@@ -83,7 +84,7 @@ class Shrink(Command):
 
         from ..candidates import load_candidate
         from ..case import save_case
-        from ..diff import load_tolerances
+        from ..tolerance import load_tolerances
         from ..shrink import case_size, shrink_case
         from ..suite import compare_case
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..agreement import Agreement, compare_runs
+from ..compare import compare
+from ..diff import Agreement
 from ..errors import EXIT_MISMATCH, EXIT_OK, ParityError
 from ..replay import FIXTURES_DIR, replay_paths, shared_recorded_dir
 from ..summary import agreement_table, totals_line
@@ -33,11 +34,11 @@ def libdarknet_agreements(cases: int, seed: int, flavor: str, lib: str | None,
         rng = np.random.default_rng([seed, k])
         config = random_config(rng, flavor)
         case = random_case(seed * 100003 + k, config, flavor=flavor)
-        ours = run_reference(config, case.input, case.truth, flavor=flavor)
+        ours = run_reference(config, case.input, case.truth, flavor=flavor, decisions=True)
         real = run_reference(config, case.input, case.truth, flavor=flavor, backend="libdarknet",
                              darknet_lib=lib, darknet_include=include)
-        results.append(compare_runs(f"random seed={seed} #{k}", real.output, real.delta, real.stats,
-                                    ours.output, ours.delta, ours.stats))
+        results.append(Agreement.of(compare(real, ours, case=case, decisions=ours,
+                                            name=f"random seed={seed} #{k}")))
     return results
 
 

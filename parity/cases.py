@@ -1,0 +1,171 @@
+"""Where cases come from: case descriptors and the one place that turns them into cases.
+
+A ``CaseRef`` names a case so that any process can rebuild the same one: the
+K-th case of a profile's sweep, of a real cfg's sweep, or a recorded file.
+``--jobs`` workers and ``--shard I/N`` CI jobs need nothing but the
+descriptors. ``case_from_spec`` reads the ids users type ("yolov4#17",
+"yolov4#5/head2", "my.cfg#0", a .npz path); ``suite_refs`` lists a suite;
+``build_cases`` generates each sweep once.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from .case import Case, load_case
+from .config import load_cfg
+from .errors import ParityError
+from .profiles import cfg_cases, load_profiles, profile_cases
+from .replay import case_paths
+
+__all__ = ["CaseRef", "build_case", "build_cases", "case_from_spec", "shard", "suite_refs"]
+
+_ID = re.compile(r"^(?P<source>.+)#(?P<index>\d+)(?:/head(?P<head>\d+))?$")
+
+
+@dataclass(frozen=True)
+class CaseRef:
+    """How to rebuild one case: ``kind`` is "profile", "cfg" or "file"."""
+
+    kind: str
+    source: str          # profile name, cfg path or case file path
+    index: int = 0       # position of the case in its sweep (sample * heads + head)
+    seed: int = 0
+    count: int = 1       # samples in the sweep (each sample gives one case per head)
+
+    @property
+    def id(self) -> str:
+        if self.kind == "file":
+            return self.source
+        return f"{self.source}#{self.index}"
+
+
+def suite_refs(profiles: Sequence[str], cfgs: Sequence[str], files: Sequence[str], cases: int | None,
+               seed: int, profiles_extra: Sequence[str] = ()) -> list[CaseRef]:
+    """The descriptors of a suite, in a deterministic order.
+
+    ``cases`` samples per profile or cfg (None: each profile's own count, 4 per cfg).
+    """
+    refs: list[CaseRef] = []
+    if cases is not None and cases < 1:
+        raise ParityError(f"--cases {cases}: must be at least 1")
+    if profiles:
+        known = load_profiles(profiles_extra)
+        for name in profiles:
+            if name not in known:
+                raise ParityError(f"unknown profile {name!r}; known: {', '.join(sorted(known))}")
+            count = cases if cases is not None else known[name].count
+            total = count * len(known[name].heads)
+            refs += [CaseRef("profile", name, k, seed, count) for k in range(total)]
+    for cfg in cfgs:
+        if not Path(cfg).is_file():
+            raise ParityError(f"{cfg}: no such cfg file")
+        count = cases if cases is not None else 4
+        layers = len(load_cfg(cfg).yolo_layers)
+        if not layers:
+            raise ParityError(f"{cfg}: no [yolo] section, so there is no layer to check")
+        total = count * layers
+        refs += [CaseRef("cfg", str(cfg), k, seed, count) for k in range(total)]
+    for folder in files:
+        if Path(folder).is_dir() and not any(Path(folder).rglob("*.npz")):
+            raise ParityError(f"{folder}: a folder with no case files (.npz) in it")
+    refs += [CaseRef("file", str(p)) for p in case_paths(files)]
+    return refs
+
+
+def shard(refs: Sequence[CaseRef], spec: str | None) -> list[CaseRef]:
+    """``I/N`` (1 <= I <= N): every N-th case starting at the I-th; deterministic."""
+    if not spec:
+        return list(refs)
+    try:
+        i, n = (int(v) for v in spec.split("/"))
+    except ValueError:
+        raise ParityError(f"--shard {spec!r}: expected I/N with integers, e.g. 2/4") from None
+    if not 1 <= i <= n:
+        raise ParityError(f"--shard {spec!r}: I must lie in 1..N")
+    return [r for k, r in enumerate(refs) if k % n == i - 1]
+
+
+def _sweep(ref: CaseRef, profiles_extra: Sequence[str]) -> Iterator[Case]:
+    """Every case of the sweep ``ref`` belongs to, in order."""
+    if ref.kind == "profile":
+        return profile_cases(load_profiles(profiles_extra)[ref.source], ref.count, ref.seed)
+    if ref.kind == "cfg":
+        return cfg_cases(ref.source, ref.count, ref.seed)
+    raise ParityError(f"unknown case kind {ref.kind!r}")
+
+
+def build_cases(refs: Sequence[CaseRef], profiles_extra: Sequence[str] = ()) -> Iterator[tuple[CaseRef, Case]]:
+    """The cases ``refs`` name; each sweep is generated once, in one pass."""
+    pending: dict[tuple[str, str, int, int], dict[int, CaseRef]] = {}
+    for ref in refs:
+        if ref.kind == "file":
+            yield ref, load_case(ref.source)
+        else:
+            pending.setdefault((ref.kind, ref.source, ref.seed, ref.count), {})[ref.index] = ref
+    for wanted in pending.values():
+        first = next(iter(wanted.values()))
+        last = max(wanted)
+        for k, case in enumerate(_sweep(first, profiles_extra)):
+            if k in wanted:
+                yield wanted[k], case
+            if k >= last:
+                break
+        else:
+            raise ParityError(f"{first.source}: the sweep has fewer than {last + 1} cases")
+
+
+def build_case(ref: CaseRef, profiles_extra: Sequence[str] = ()) -> Case:
+    """The one case a descriptor names."""
+    return next(case for _, case in build_cases([ref], profiles_extra))
+
+
+def case_from_spec(spec: str, seed: int = 0, profiles_extra: Sequence[str] = ()) -> Case:
+    """The case a CASE argument names: a file, or a case id rebuilt with ``seed``.
+
+    "NAME#K" is ``CaseRef(kind, NAME, K, seed)`` (what ``run`` reports);
+    "NAME#S/headN" is head N of sample S (what ``case_id`` and recorded
+    file names say). NAME is a profile or a cfg file.
+    """
+    path = Path(spec)
+    if path.is_file():
+        return build_case(CaseRef("file", spec))
+    if spec.endswith(".npz") or path.is_dir():
+        raise ParityError(f"{spec}: no such case file" + (" (a folder; give one .npz file)" if path.is_dir() else ""))
+    match = _ID.match(spec)
+    if not match:
+        raise ParityError(f"CASE {spec!r}: expected a case file (.npz) or a case id such as 'yolov4#3', "
+                          "'yolov4#1/head2' or 'yolov4.cfg#0'")
+    source, index = match["source"], int(match["index"])
+    kind = _source_kind(source, profiles_extra)
+    if match["head"] is None:
+        return build_case(CaseRef(kind, source, index, seed, index + 1), tuple(profiles_extra))
+    return _sample_head(kind, source, index, int(match["head"]), seed, profiles_extra)
+
+
+def _source_kind(source: str, profiles_extra: Sequence[str]) -> str:
+    known = load_profiles(profiles_extra)
+    if source in known:
+        return "profile"
+    if Path(source).is_file():
+        return "cfg"
+    if source.endswith(".cfg"):
+        raise ParityError(f"{source}: no such cfg file")
+    raise ParityError(f"unknown profile {source!r}; known: {', '.join(known)} (or a path to a .cfg file)")
+
+
+def _sample_head(kind: str, source: str, sample: int, head: int, seed: int, profiles_extra: Sequence[str]) -> Case:
+    if kind == "profile":
+        cases = profile_cases(load_profiles(profiles_extra)[source], sample + 1, seed)
+    else:
+        cases = cfg_cases(source, sample + 1, seed)
+    heads = 0
+    for case in cases:
+        if case.meta.get("sample") == sample:
+            heads += 1
+            if case.meta.get("head") == head:
+                return case
+    raise ParityError(f"{source}#{sample}/head{head}: sample {sample} has {heads} head(s): head must lie in "
+                      f"0..{heads - 1}")
