@@ -484,7 +484,7 @@ def _truth_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
     asg = _assignments(L, tr)
     L.decisions.assignments = asg
     N = asg.b.shape[0]
-    stats["assigned"] = stats["assigned"] + N
+    stats["count_raw"] = stats["count_raw"] + N
     if N == 0:
         return
     b, a, j, i = asg.b, asg.a, asg.j, asg.i
@@ -594,7 +594,7 @@ def _squared_magnitude(v: Tensor) -> Tensor:
 def _cost(L: _Layer, stats: dict[str, Tensor]) -> None:
     cfg = L.config
     d = L.delta
-    assigned = stats["assigned"]
+    assigned = stats["count_raw"]
     if not L.alexeyab:
         stats["count"] = assigned
         stats["cost"] = _squared_magnitude(d)
@@ -698,5 +698,5 @@ def _layer_stats(L: _Layer, stats: dict[str, Any]) -> LayerStats:
     ab = L.alexeyab
     only_ab = {k: (stats.get(k) if ab else None) for k in ("rewritten_bbox", "total_bbox", "tot_iou_loss",
                                                           "tot_giou_loss", "class_loss", "iou_loss")}
-    return LayerStats(stats["cost"], stats["count"], stats["assigned"], stats["tot_iou"], stats["avg_iou"],
+    return LayerStats(stats["cost"], stats["count"], stats["count_raw"], stats["tot_iou"], stats["avg_iou"],
                       total_loss=stats.get("total_loss") if ab else None, **only_ab)
