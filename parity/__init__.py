@@ -23,8 +23,8 @@ _LAZY = {
     "run_reference": ("parity.reference", "run_reference"),
     "ReferenceResult": ("parity.reference", "ReferenceResult"),
     "YoloConfig": ("parity.config", "YoloConfig"),
-    "load_cfg": ("parity.config", "load_cfg"),
-    "parse_cfg": ("parity.config", "parse_cfg"),
+    "load_cfg": ("parity.cfg", "load_cfg"),
+    "parse_cfg": ("parity.cfg", "parse_cfg"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

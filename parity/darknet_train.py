@@ -59,7 +59,8 @@ import cffi
 import numpy as np
 
 from .case import Case
-from .config import PJREDDIE_TRUTH_BOXES, YoloConfig, dump_yolo_cfg, parse_cfg
+from .cfg import LayerWalk, Unsized, dump_yolo_cfg, parse_cfg
+from .config import PJREDDIE_TRUTH_BOXES, YoloConfig
 from .errors import BuildError, ConfigError, InputError, ParityError
 from .libdarknet import (DarknetLibrary, _CALL_LOCK, _LOAD_LOCK, _LIBRARY_FP_MODE, _LibraryFpMode,
                          _check_binding, _strip_c_comments, check_library_flavor, find_library, load_shim,
@@ -306,9 +307,9 @@ class TrainingCfg:
 
     text: str
     overrides: dict[str, str]
-    yolo_layers: list[Any]          # parity.config.YoloLayer, in order
+    yolo_layers: list[Any]          # parity.cfg.YoloLayer, in order
     layer_count: int
-    sections: list[Any]             # parity.config.Section: [net], then one per darknet layer
+    sections: list[Any]             # parity.cfg.Section: [net], then one per darknet layer
 
 
 def training_cfg(text: str, settings: TrainSettings, path: str) -> TrainingCfg:
@@ -362,8 +363,6 @@ def _override_net(text: str, overrides: dict[str, str], path: str) -> tuple[str,
 
 
 def _check_trainable(parsed: Any, settings: TrainSettings, path: str) -> None:
-    from .cfg_walk import LayerWalk, Unsized
-
     sections = parsed.sections
     if parsed.channels != 3:
         raise ParityError(f"{path}: [net] channels={parsed.channels}; darknet's load_image_color gives 3")

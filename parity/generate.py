@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .case import Case
-from .config import FLT_MAX, PJREDDIE_TRUTH_BOXES, YoloConfig, dump_yolo_cfg
+from .cfg import dump_yolo_cfg
+from .config import FLT_MAX, PJREDDIE_TRUTH_BOXES, YoloConfig
 from .errors import ParityError
 
 # YOLOv3/v4 COCO anchors: realistic shapes for best-anchor assignment.

@@ -133,7 +133,7 @@ def run_reference(config: YoloConfig, input: Any, truth: Any, flavor: str | None
     """Run darknet's [yolo] training forward pass on one batch.
 
     Args:
-        config: the layer's options (``load_case(...).config`` or ``parity.config`` parsers).
+        config: the layer's options (``load_case(...).config`` or the ``parity.cfg`` parsers).
         input (ndarray[batch, n*(5+classes), h, w]): the raw head tensor, before activation.
         truth (ndarray[batch, rows, 6 or 5]): x, y, w, h, class, track per box; darknet's
             terminator rules apply (reading stops at the first x == 0, and after ``max`` rows).

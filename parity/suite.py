@@ -66,7 +66,7 @@ def suite_refs(profiles: Sequence[str], cfgs: Sequence[str], files: Sequence[str
 
     ``cases`` samples per profile or cfg (None: each profile's own count, 4 per cfg).
     """
-    from .config import load_cfg
+    from .cfg import load_cfg
     from .profiles import load_profiles
     from .replay import case_paths
 

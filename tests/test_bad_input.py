@@ -22,7 +22,8 @@ import torch
 
 from parity.case import Case, save_case
 from parity.cli import main
-from parity.config import YoloConfig, dump_yolo_cfg, load_cfg
+from parity.cfg import dump_yolo_cfg, load_cfg
+from parity.config import YoloConfig
 from parity.errors import BuildError, ConfigError, DarknetInputWarning, InputError, ParityError
 from parity.reference import run_reference
 from parity.suite import RunOptions, compare_case

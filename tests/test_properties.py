@@ -46,7 +46,8 @@ from hypothesis import strategies as st
 
 from parity import errors
 from parity.case import Case
-from parity.config import FLT_MAX, IOU_KINDS, THRESH_KINDS, YoloConfig, dump_yolo_cfg
+from parity.cfg import dump_yolo_cfg
+from parity.config import FLT_MAX, IOU_KINDS, THRESH_KINDS, YoloConfig
 from parity.generate import (CaseFeatures, HeadGrid, _encode_wh, _encode_xy, _logit, generate_cases,
                              random_case, random_config)
 from parity.layer_input import active_rows, check_layer_input
