@@ -27,8 +27,9 @@ import numpy as np
 from .case import Case
 from .diff import CaseDiff
 from .facts import SlotFacts
-from .reference import (ROLE_BEST_ANCHOR, ROLE_CLASS_SHORTCUT, ROLE_CLASSMATCH_BLOCKED, ROLE_EXTRA_ANCHOR, ROLE_IGNORED,
-                        ROLE_REWRITTEN, ROLE_TRUTH_THRESH, ReferenceResult)
+from .result import LayerRun as ReferenceResult
+from .roles import (ROLE_BEST_ANCHOR, ROLE_CLASS_SHORTCUT, ROLE_CLASSMATCH_BLOCKED, ROLE_EXTRA_ANCHOR, ROLE_IGNORED,
+                    ROLE_REWRITTEN, ROLE_TRUTH_THRESH)
 
 BOX_TERMS = ("x", "y", "w", "h")
 # A fitted factor "holds" where it is within this relative distance ...

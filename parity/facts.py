@@ -18,8 +18,8 @@ import torch
 
 from .case import Case
 from .config import YoloConfig
-from .reference import (ROLE_AVERAGED, ROLE_BEST_ANCHOR, ROLE_CLASS_SHORTCUT, ROLE_CLASSMATCH_BLOCKED,
-                        ROLE_EXTRA_ANCHOR, ROLE_IGNORED, ROLE_OBJ_NONFINITE, ROLE_REWRITTEN, ROLE_TRUTH_THRESH)
+from .roles import (ROLE_AVERAGED, ROLE_BEST_ANCHOR, ROLE_CLASS_SHORTCUT, ROLE_CLASSMATCH_BLOCKED, ROLE_EXTRA_ANCHOR,
+                    ROLE_IGNORED, ROLE_OBJ_NONFINITE, ROLE_REWRITTEN, ROLE_TRUTH_THRESH)
 from .torch_box import Boxes, box_iou, box_iou_kind
 
 CLASS_MATCH_THRESH = 0.25

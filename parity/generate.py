@@ -20,7 +20,7 @@ Two generators live here:
   byte so the figures measured on its cases stay reproducible.
 
 The same seed gives the same bytes. ``enabled_branches`` says which darknet
-branches (``ReferenceResult.branches``) a config can reach with given
+branches (``LayerRun.branches``) a config can reach with given
 features, so a suite can insist that each one is hit.
 """
 from __future__ import annotations

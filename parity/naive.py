@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import YoloConfig
+from .roles import ROLE_BEST_ANCHOR, ROLE_EXTRA_ANCHOR, ROLE_IGNORED, ROLE_TRUTH_THRESH
 from .torch_layer import yolo_forward
 
 
@@ -88,8 +89,6 @@ def naive_yolo_loss(head: Tensor, truth: Tensor, config: YoloConfig) -> Tensor:
     E = 5 + config.classes
     view = head.view(B, config.n, E, H, W)
     # Objectness: positives -> 1, ignored non-positives excluded, the rest -> 0.
-    from .reference import ROLE_BEST_ANCHOR, ROLE_EXTRA_ANCHOR, ROLE_IGNORED, ROLE_TRUTH_THRESH
-
     positive = (roles & (ROLE_BEST_ANCHOR | ROLE_EXTRA_ANCHOR | ROLE_TRUTH_THRESH)) != 0
     ignored = ((roles & ROLE_IGNORED) != 0) & ~positive
     obj_logit = view[:, :, 4]

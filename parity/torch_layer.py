@@ -31,7 +31,7 @@ from .config import FLT_MAX, YoloConfig
 from .layer_input import check_flavor, check_layer_shapes, truth_notes, warn_darknet_input
 from .errors import InputError
 from .torch_box import Boxes, box_giou, box_iou, box_iou_kind, iou_loss_grad
-from . import reference as _roles
+from . import roles as _roles
 
 # Elements processed per step by the chunked passes (activation, ignore
 # search). On the CPU a chunk that stays in cache is several times faster

@@ -520,7 +520,7 @@ def _quirky_case(tmp_path: Path | None = None, name: str = "quirky.npz") -> Case
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DarknetInputWarning)
         res = run_reference(config, x, truth)
-    case = Case(dump_yolo_cfg(config), config, "alexeyab", x, truth, res.output, res.delta, dict(res.stats),
+    case = Case(dump_yolo_cfg(config), config, "alexeyab", x, truth, res.output, res.delta, res.stats.as_dict(),
                 {"generator": "test_bad_input"})
     if tmp_path is not None:
         save_case(tmp_path / name, case)
@@ -561,9 +561,9 @@ def test_replay_of_one_file_shows_the_warning_and_of_a_folder_does_not(tmp_path,
 
 def _fake_header(folder: Path, alexeyab: bool = False) -> Path:
     """A darknet.h that has every name the shim looks for (no real declarations: it is never compiled here)."""
-    from parity.libdarknet import _NEEDS_ALEXEYAB, _NEEDS_COMMON
+    from parity.backends.darknet_library import NEEDS_ALEXEYAB, NEEDS_COMMON
 
-    names = _NEEDS_COMMON + (_NEEDS_ALEXEYAB if alexeyab else ())
+    names = NEEDS_COMMON + (NEEDS_ALEXEYAB if alexeyab else ())
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "darknet.h").write_text("".join(f"int {name};\n" for name in names))
     return folder
@@ -782,7 +782,7 @@ def test_a_one_anchor_case_is_compared_without_crashing(tmp_path, capsys):
         warnings.simplefilter("ignore", DarknetInputWarning)
         res = run_reference(CONFIG, good_input(), truth)
     save_case(tmp_path / "one.npz", Case(dump_yolo_cfg(CONFIG), CONFIG, "alexeyab", good_input(), truth, res.output,
-                                          res.delta, dict(res.stats), {}))
+                                          res.delta, res.stats.as_dict(), {}))
     assert main(["replay", str(tmp_path / "one.npz")]) == 0
 
 

@@ -18,7 +18,7 @@ def _filled_case(flavor: str = "alexeyab"):
     config = random_config(np.random.default_rng([5, 1]), flavor)
     case = random_case(77, config, flavor=flavor)
     res = run_reference(case.config, case.input, case.truth, flavor=flavor)
-    case.output, case.delta, case.stats = res.output, res.delta, res.stats
+    case.output, case.delta, case.stats = res.output, res.delta, res.stats.as_dict()
     return case
 
 

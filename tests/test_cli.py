@@ -17,7 +17,7 @@ def _case_file(tmp_path, tamper: bool = False):
     config = random_config(np.random.default_rng([9, 9]), "alexeyab")
     case = random_case(99, config)
     res = run_reference(case.config, case.input, case.truth)
-    case.output, case.delta, case.stats = res.output, res.delta, res.stats
+    case.output, case.delta, case.stats = res.output, res.delta, res.stats.as_dict()
     if tamper:
         k = np.flatnonzero(case.delta)[0]
         case.delta.flat[k] *= 1.01

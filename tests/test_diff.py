@@ -8,7 +8,8 @@ from parity.diff import Tolerance, ToleranceRule, diff_case, load_tolerances, ul
 from parity.errors import ParityError
 from parity.facts import slot_facts
 from parity.generate import random_case, random_config
-from parity.reference import ROLE_BEST_ANCHOR, run_reference
+from parity.reference import run_reference
+from parity.roles import ROLE_BEST_ANCHOR
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Seeded case generation (parity.generate): determinism, every feature present, darknet reaching it.
 
 A feature counts as present only if the C reference shows darknet taking the
-branch it is meant to reach (``ReferenceResult.branches``), or, where darknet
+branch it is meant to reach (``LayerRun.branches``), or, where darknet
 must ignore rows, if deleting those rows changes nothing.
 """
 from __future__ import annotations
@@ -60,7 +60,7 @@ def same_run(case: Case, truth: np.ndarray) -> bool:
     a = run_reference(case.config, case.input, case.truth, flavor=case.flavor)
     b = run_reference(case.config, case.input, truth, flavor=case.flavor)
     return (np.array_equal(a.output, b.output, equal_nan=True) and np.array_equal(a.delta, b.delta, equal_nan=True)
-            and json.dumps(a.stats) == json.dumps(b.stats))
+            and json.dumps(a.stats.as_dict()) == json.dumps(b.stats.as_dict()))
 
 
 class TestDeterminism:
@@ -199,7 +199,7 @@ class TestFeaturesReachDarknet:
             assert not case.truth.any()
             assert "empty_image" in case.meta["features"]["applied"]
             res = run_reference(case.config, case.input, case.truth, flavor=case.flavor)
-            assert res.stats["assigned"] == 0 and res.branches["zero_x_stop"] == case.truth.shape[0]
+            assert res.stats.count_raw == 0 and res.branches["zero_x_stop"] == case.truth.shape[0]
 
     def test_nonfinite_logits_reach_both_nan_branches_on_every_head(self):
         for case in forced("nonfinite"):
@@ -246,7 +246,7 @@ class TestFeaturesReachDarknet:
 
 class TestEnabledBranches:
     def test_names_match_the_c_reference(self):
-        from parity.native import load_reference
+        from parity.backends.c_reference import load_reference
 
         lib = load_reference().lib
         ffi = load_reference().ffi

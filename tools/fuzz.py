@@ -298,7 +298,8 @@ def compare(case: Case) -> dict[str, Any]:
     from parity.agreement import ATOL, RTOL, compare_runs, within
     from parity.diff import ToleranceRule, Tolerance, diff_case
     from parity.facts import slot_facts
-    from parity.reference import ROLE_AVERAGED, ROLE_CLASSMATCH_BLOCKED, ROLE_IGNORED, run_reference
+    from parity.reference import run_reference
+    from parity.roles import ROLE_AVERAGED, ROLE_CLASSMATCH_BLOCKED, ROLE_IGNORED
     from parity.torch import yolo_forward
 
     ref = run_reference(case.config, case.input, case.truth, flavor=case.flavor)
@@ -309,8 +310,8 @@ def compare(case: Case) -> dict[str, Any]:
     scalars = {k: v.item() for k, v in stats_t.items() if torch.is_tensor(v) and v.dim() == 0}
     agreement = compare_runs(case.name, ref.output, ref.delta, ref.stats, out, delta, scalars)
     stats_diff = dict(agreement.stats_mismatches)
-    if "assigned" in scalars and int(scalars["assigned"]) != int(ref.stats["assigned"]):
-        stats_diff["assigned"] = (scalars["assigned"], ref.stats["assigned"])
+    if "assigned" in scalars and int(scalars["assigned"]) != ref.stats.count_raw:
+        stats_diff["assigned"] = (scalars["assigned"], ref.stats.count_raw)
     record: dict[str, Any] = {
         "status": "ok", "flavor": case.flavor, "elements": int(ref.delta.size),
         "decision_mismatches": 0, "value_mismatches": 0, "borderline": 0, "output_mismatches": 0,
@@ -587,7 +588,7 @@ def shrink_and_save(record: dict[str, Any], seed: int, max_steps: int, folder: P
                             "size_before": case_size(case), "size_after": case_size(small)}
     try:
         ref = run_reference(small.config, small.input, small.truth, flavor=small.flavor)
-        small.output, small.delta, small.stats = ref.output, ref.delta, ref.stats
+        small.output, small.delta, small.stats = ref.output, ref.delta, ref.stats.as_dict()
     except Exception as exc:  # noqa: BLE001 - the reference itself fails: save the input alone
         info["reference_error"] = f"{type(exc).__name__}: {exc}"
     small.meta = dict(small.meta)

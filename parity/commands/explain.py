@@ -286,7 +286,7 @@ class _SlotView:
         import numpy as np
         from rich.table import Table
 
-        from ..reference import ROLE_TRUTH_THRESH
+        from ..roles import ROLE_TRUTH_THRESH
 
         case, (b, a, j, i) = self.case, self.slot
         asg = self.facts.assignments
