@@ -63,7 +63,7 @@ from . import __version__
 from .backends.darknet_library import (CALL_LOCK, LOAD_LOCK, DarknetLibrary, LibraryFpMode, check_binding,
                                        check_library_flavor, find_library, library_fp_mode,
                                        load_keeping_fp_mode, make_shim_builder, missing_identifiers, shim_key)
-from .backends.libdarknet import SHIM_HEADERS, SHIM_SOURCES, load_shim, one_layer_key
+from .backends.libdarknet import SHIM_HEADERS, load_shim, one_layer_key
 from .case import Case, save_case
 from .cfg import LayerWalk, Unsized, dump_yolo_cfg, parse_cfg
 from .config import PJREDDIE_TRUTH_BOXES, YoloConfig
@@ -413,12 +413,13 @@ def _check_train_header(library: DarknetLibrary) -> None:
 
 def train_key(library: DarknetLibrary) -> str:
     """Cache key: the one-layer shim's, plus the training glue's sources."""
-    return shim_key(library, (TRAIN_SOURCE, TRAIN_HEADER) + SHIM_SOURCES + SHIM_HEADERS, tag=MODULE_NAME)
+    return shim_key(library, (TRAIN_SOURCE, TRAIN_HEADER, "shim_common.c") + SHIM_HEADERS, tag=MODULE_NAME)
 
 
 def _builder(library: DarknetLibrary) -> Callable[[str], cffi.FFI]:
-    # darknet_train.c includes libdarknet_shim.c: one unit, sharing its helpers.
-    return make_shim_builder(library, cdef=CDEF, sources=(TRAIN_SOURCE,), headers=SHIM_HEADERS + (TRAIN_HEADER,))
+    # darknet_train.c shares shim_common.c (library checks, fd silencing) with the one-layer shim.
+    return make_shim_builder(library, cdef=CDEF, sources=(TRAIN_SOURCE, "shim_common.c"),
+                             headers=SHIM_HEADERS + (TRAIN_HEADER,))
 
 
 def load_train_shim(library: DarknetLibrary) -> tuple[ModuleType, str]:

@@ -52,8 +52,9 @@ from .darknet_library import (CALL_LOCK, LOAD_LOCK, DarknetLibrary, LibraryFpMod
 from .ground import new_layer_struct
 from .ref_build import CONFIG_CDEF
 
-SHIM_SOURCES = ("libdarknet_shim.c",)
-SHIM_HEADERS = ("libdarknet_shim.h",)
+# The one-layer shim and the parts every shim shares (shim_common: library checks, fd silencing).
+SHIM_SOURCES = ("libdarknet_shim.c", "shim_common.c")
+SHIM_HEADERS = ("libdarknet_shim.h", "shim_common.h")
 MODULE_NAME = "_darknet_shim"
 
 CDEF = CONFIG_CDEF + """
