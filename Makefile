@@ -15,7 +15,7 @@ install: $(STAMP)
 
 # Compile the C reference now (otherwise it compiles on first use).
 build: install
-	$(PYTHON) -m parity.native
+	$(PYTHON) -m parity.backends.c_reference
 
 # Debian's real darknet (pjreddie 2018) as a second reference; best effort.
 darknet-lib:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from parity.config import parse_cfg
+from parity.cfg import parse_cfg
 from parity.generate import CaseShape, random_case
 from parity.reference import run_reference
 from parity.torch import yolo_forward

@@ -1,1 +1,1 @@
-"""C sources of the reference, shipped as package data (see parity/native.py)."""
+"""C sources of the reference, shipped as package data (see parity/backends/native.py)."""

@@ -34,7 +34,7 @@ SIZE = 128
 ANCHORS = "3,4, 7,8, 11,18, 25,25, 42,52, 106,98"   # yolov3-tiny's, scaled from 416 to 128
 
 # The darknet cfg of the model below: layer by layer the same shapes, so
-# parity.config.load_cfg derives the same grids (4x4 and 8x8).
+# parity.cfg.load_cfg derives the same grids (4x4 and 8x8).
 CFG = f"""[net]
 batch=8
 subdivisions=1

@@ -21,10 +21,11 @@ _LAZY = {
     "save_case": ("parity.case", "save_case"),
     "Case": ("parity.case", "Case"),
     "run_reference": ("parity.reference", "run_reference"),
-    "ReferenceResult": ("parity.reference", "ReferenceResult"),
+    "LayerRun": ("parity.result", "LayerRun"),
+    "LayerStats": ("parity.result", "LayerStats"),
     "YoloConfig": ("parity.config", "YoloConfig"),
-    "load_cfg": ("parity.config", "load_cfg"),
-    "parse_cfg": ("parity.config", "parse_cfg"),
+    "load_cfg": ("parity.cfg", "load_cfg"),
+    "parse_cfg": ("parity.cfg", "parse_cfg"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -46,8 +46,7 @@ from .case import Case
 from .config import YoloConfig
 from .errors import InputError, ParityError
 from .naive import naive_yolo_loss
-from .roles import (ROLE_BEST_ANCHOR, ROLE_EXTRA_ANCHOR, ROLE_IGNORED, ROLE_OBJ_NONFINITE,
-                    ROLE_TRUTH_THRESH)
+from .roles import ROLE_BEST_ANCHOR, ROLE_EXTRA_ANCHOR, ROLE_IGNORED, ROLE_OBJ_NONFINITE, ROLE_TRUTH_THRESH
 from .torch_layer import yolo_forward
 
 CONVENTIONS = ("delta", "grad", "loss")

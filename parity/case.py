@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import YoloConfig, yolo_config_from_cfg
+from .cfg import yolo_config_from_cfg
+from .config import YoloConfig
 from .errors import CaseFormatError, ParityError
 from .result import LayerRun, LayerStats
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from .case import Case, load_case
-from .config import load_cfg
+from .cfg import load_cfg
 from .errors import ParityError
 from .profiles import cfg_cases, load_profiles, profile_cases
 from .replay import case_paths

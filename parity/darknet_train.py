@@ -35,7 +35,7 @@ or BMP by their first bytes, copied to short temporary names, decoded by the
 library's stb_image before darknet's loader sees them) and the labels. The C
 glue (``darknet_ref/shim/darknet_train.c``) is compiled with cffi against the
 library's own ``darknet.h``, silences darknet's prints and runs every call in
-the floating-point mode the library set for itself (see ``parity.libdarknet``).
+the floating-point mode the library set for itself (see ``parity.backends.darknet_library``).
 
 Seeding: ``seed`` seeds ``rand()`` before ``parse_network_cfg``. pjreddie's
 ``make_yolo_layer`` calls ``srand(0)``, so the layers after the first [yolo]
@@ -57,14 +57,18 @@ from typing import Any, Callable, Iterator, Sequence
 
 import cffi
 import numpy as np
+import yaml
 
-from .case import Case
-from .config import PJREDDIE_TRUTH_BOXES, YoloConfig, dump_yolo_cfg, parse_cfg
+from . import __version__
+from .backends.darknet_library import (CALL_LOCK, LOAD_LOCK, DarknetLibrary, LibraryFpMode, check_binding,
+                                       check_library_flavor, find_library, library_fp_mode,
+                                       load_keeping_fp_mode, make_shim_builder, missing_identifiers, shim_key)
+from .backends.libdarknet import SHIM_HEADERS, load_shim, one_layer_key
+from .case import Case, save_case
+from .cfg import LayerWalk, Unsized, dump_yolo_cfg, parse_cfg
+from .config import PJREDDIE_TRUTH_BOXES, YoloConfig
 from .errors import BuildError, ConfigError, InputError, ParityError
-from .libdarknet import (DarknetLibrary, _CALL_LOCK, _LOAD_LOCK, _LIBRARY_FP_MODE, _LibraryFpMode,
-                         _check_binding, _strip_c_comments, check_library_flavor, find_library, load_shim,
-                         make_shim_builder, shim_key, SHIM_HEADER)
-from .native import load_cached
+from .layer_input import check_layer_input
 
 DEBIAN_SHARE = Path("/usr/share/darknet")
 DEFAULT_CFG = DEBIAN_SHARE / "cfg" / "yolov3-tiny.cfg"
@@ -232,8 +236,6 @@ def load_labels(path: str | os.PathLike[str]) -> dict[str, list[LabelBox]]:
     label files); ``class`` indexes the class list the cfg was made for
     (coco.names for yolov3-tiny); ``name`` is for the reader only.
     """
-    import yaml
-
     where = Path(path)
     if not where.is_file():
         raise ParityError(f"labels file {where}: no such file")
@@ -306,9 +308,9 @@ class TrainingCfg:
 
     text: str
     overrides: dict[str, str]
-    yolo_layers: list[Any]          # parity.config.YoloLayer, in order
+    yolo_layers: list[Any]          # parity.cfg.YoloLayer, in order
     layer_count: int
-    sections: list[Any]             # parity.config.Section: [net], then one per darknet layer
+    sections: list[Any]             # parity.cfg.Section: [net], then one per darknet layer
 
 
 def training_cfg(text: str, settings: TrainSettings, path: str) -> TrainingCfg:
@@ -362,8 +364,6 @@ def _override_net(text: str, overrides: dict[str, str], path: str) -> tuple[str,
 
 
 def _check_trainable(parsed: Any, settings: TrainSettings, path: str) -> None:
-    from .cfg_walk import LayerWalk, Unsized
-
     sections = parsed.sections
     if parsed.channels != 3:
         raise ParityError(f"{path}: [net] channels={parsed.channels}; darknet's load_image_color gives 3")
@@ -405,8 +405,7 @@ def _check_trainable(parsed: Any, settings: TrainSettings, path: str) -> None:
 
 def _check_train_header(library: DarknetLibrary) -> None:
     check_library_flavor(library, FLAVOR)
-    code = _strip_c_comments(library.header.read_text(errors="replace"))
-    missing = [name for name in _NEEDS_TRAIN if not re.search(rf"\b{name}\b", code)]
+    missing = missing_identifiers(library.header.read_text(errors="replace"), _NEEDS_TRAIN)
     if missing:
         raise BuildError(f"{library.header} lacks what the darknet training recorder needs: {', '.join(missing)}. "
                          f"Use the darknet.h of the pjreddie/darknet (2018) build {library.lib_path} came from")
@@ -414,36 +413,32 @@ def _check_train_header(library: DarknetLibrary) -> None:
 
 def train_key(library: DarknetLibrary) -> str:
     """Cache key: the one-layer shim's, plus the training glue's sources."""
-    return shim_key(library, extra_files=(TRAIN_SOURCE, TRAIN_HEADER), tag=MODULE_NAME)
+    return shim_key(library, (TRAIN_SOURCE, TRAIN_HEADER, "shim_common.c") + SHIM_HEADERS, tag=MODULE_NAME)
 
 
 def _builder(library: DarknetLibrary) -> Callable[[str], cffi.FFI]:
-    # darknet_train.c includes libdarknet_shim.c: one unit, sharing its helpers.
-    return make_shim_builder(library, cdef=CDEF, source=TRAIN_SOURCE, headers=(SHIM_HEADER, TRAIN_HEADER))
+    # darknet_train.c shares shim_common.c (library checks, fd silencing) with the one-layer shim.
+    return make_shim_builder(library, cdef=CDEF, sources=(TRAIN_SOURCE, "shim_common.c"),
+                             headers=SHIM_HEADERS + (TRAIN_HEADER,))
 
 
 def load_train_shim(library: DarknetLibrary) -> tuple[ModuleType, str]:
     """The compiled training glue for ``library`` and the key of the library's FP mode.
 
-    The one-layer shim (``parity.libdarknet.load_shim``) is loaded first: it
+    The one-layer shim (``parity.backends.libdarknet.load_shim``) is loaded first: it
     loads the library, notes the floating-point mode the library sets for
     itself and checks the binding. This module then loads with the library
     already in the process, and its calls run in that same mode.
     """
     _check_train_header(library)
     load_shim(library)
-    fp_key = shim_key(library)
+    fp_key = one_layer_key(library)
     key = train_key(library)
-    with _LOAD_LOCK:
+    with LOAD_LOCK:
         mod = _LOADED.get(key)
         if mod is None:
-            from .native import load_reference
-
-            fp = load_reference().lib
-            before = fp.yref_fp_mode()
-            mod = load_cached(MODULE_NAME, key, _builder(library))
-            fp.yref_set_fp_mode(before)
-            _check_binding(mod, library)
+            mod = load_keeping_fp_mode(MODULE_NAME, key, _builder(library))
+            check_binding(mod, library)
             _LOADED[key] = mod
     return mod, fp_key
 
@@ -552,8 +547,6 @@ def _check_label_classes(images: list[TrainImage], labels: dict[str, list[LabelB
 def _check_label_cells(images: list[TrainImage], labels: dict[str, list[LabelBox]], yolo: Any,
                        labels_path: Path) -> None:
     """The rows darknet will read pass the [yolo] layer's own input check (cells inside its grid)."""
-    from .layer_input import check_layer_input
-
     truth = _truth(images, labels, PJREDDIE_TRUTH_BOXES)
     dummy = np.zeros((len(images), yolo.config.channels, yolo.grid_h, yolo.grid_w), dtype=np.float32)
     try:
@@ -602,7 +595,7 @@ def record_training(settings: TrainSettings = TrainSettings(), *, quiet: bool = 
     library = find_library(settings.darknet_lib, settings.darknet_include)
     mod, fp_key = load_train_shim(library)
     prov = library_provenance(library.lib_path)
-    prov["build"] = _build_words(prov, _LIBRARY_FP_MODE.get(fp_key))
+    prov["build"] = _build_words(prov, library_fp_mode(fp_key))
     with tempfile.TemporaryDirectory(prefix="dp-train-") as tmp:
         cfg_copy = Path(tmp) / "train.cfg"
         cfg_copy.write_text(train.text, encoding="utf-8", errors="surrogateescape")
@@ -645,7 +638,7 @@ class _Run:
         self.handle = None
 
     def _call(self, fn: Callable[..., int], *args: Any) -> int:
-        with _CALL_LOCK, _LibraryFpMode(self.fp_key):
+        with CALL_LOCK, LibraryFpMode(self.fp_key):
             return int(fn(*args))
 
     def open(self, cfg_copy: Path) -> None:
@@ -658,7 +651,7 @@ class _Run:
 
     def close(self) -> None:
         if self.handle is not None:
-            with _CALL_LOCK:
+            with CALL_LOCK:
                 self.lib.dpt_close(self.handle)
             self.handle = None
 
@@ -752,8 +745,6 @@ def _truth(images: list[TrainImage], labels: dict[str, list[LabelBox]], rows: in
 
 def _base_meta(settings: TrainSettings, cfg_path: Path, cfg_bytes: bytes, train: TrainingCfg, labels_path: Path,
                prov: dict[str, Any]) -> dict[str, Any]:
-    from . import __version__
-
     return {
         "implementation": IMPLEMENTATION,
         "flavor": FLAVOR,
@@ -819,8 +810,6 @@ def case_stem(case: Case) -> str:
 
 def write_recording(recording: TrainingRecording, out: str | os.PathLike[str]) -> list[Path]:
     """Save every case under ``out`` (format v1); returns the paths in order."""
-    from .case import save_case
-
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise ParityError(f"--out {folder}: exists and is not a folder")

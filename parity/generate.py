@@ -20,7 +20,7 @@ Two generators live here:
   byte so the figures measured on its cases stay reproducible.
 
 The same seed gives the same bytes. ``enabled_branches`` says which darknet
-branches (``ReferenceResult.branches``) a config can reach with given
+branches (``LayerRun.branches``) a config can reach with given
 features, so a suite can insist that each one is hit.
 """
 from __future__ import annotations
@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .case import Case
-from .config import FLT_MAX, PJREDDIE_TRUTH_BOXES, YoloConfig, dump_yolo_cfg
+from .cfg import dump_yolo_cfg
+from .config import FLT_MAX, PJREDDIE_TRUTH_BOXES, YoloConfig
 from .errors import ParityError
 
 # YOLOv3/v4 COCO anchors: realistic shapes for best-anchor assignment.

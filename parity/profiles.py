@@ -34,7 +34,8 @@ import numpy as np
 import yaml
 
 from .case import Case
-from .config import FLAVORS, YoloConfig, load_cfg
+from .cfg import load_cfg
+from .config import FLAVORS, YoloConfig
 from .errors import ConfigError, ParityError
 from .generate import (CaseFeatures, HeadGrid, enabled_branches, forced_features, generate_cases)
 

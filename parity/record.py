@@ -42,7 +42,8 @@ import torch
 from torch import Tensor, nn
 
 from .case import Case, case_bytes
-from .config import YoloConfig, dump_yolo_cfg, load_cfg, parse_cfg, yolo_config_from_cfg
+from .cfg import dump_yolo_cfg, load_cfg, parse_cfg, yolo_config_from_cfg
+from .config import YoloConfig
 from .errors import InputError, ParityError
 from .layer_input import check_layer_input
 from .torch_loss import targets_from_rows

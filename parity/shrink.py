@@ -38,7 +38,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .case import Case
-from .config import YoloConfig, dump_yolo_cfg
+from .cfg import dump_yolo_cfg
+from .config import YoloConfig
 from .errors import ParityError
 from .layer_input import active_rows, check_layer_input
 

@@ -680,7 +680,7 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
     zero = torch.zeros((), dtype=dtype, device=dev)
     izero = torch.zeros((), dtype=torch.long, device=dev)
     stats: dict[str, Any] = {"tot_iou": zero, "tot_iou_loss": zero, "tot_giou_loss": zero,
-                             "assigned": izero, "rewritten_bbox": izero, "total_bbox": izero}
+                             "count_raw": izero, "rewritten_bbox": izero, "total_bbox": izero}
     _activate(L)
     tr = _read_truths(L, truth.detach().to(device=dev, dtype=dtype))
     _cell_pass(L, tr, stats)

@@ -101,7 +101,7 @@ def rows_from_targets(truth: Tensor) -> Tensor:
 
 def _configs_from(spec: Any, flavor: str | None) -> list[YoloConfig]:
     """A cfg path, cfg text, one YoloConfig or a sequence of them -> one config per head."""
-    from .config import load_cfg, parse_cfg
+    from .cfg import load_cfg, parse_cfg
 
     if isinstance(spec, YoloConfig):
         return [spec]

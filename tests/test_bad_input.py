@@ -22,7 +22,8 @@ import torch
 
 from parity.case import Case, save_case
 from parity.cli import main
-from parity.config import YoloConfig, dump_yolo_cfg, load_cfg
+from parity.cfg import dump_yolo_cfg, load_cfg
+from parity.config import YoloConfig
 from parity.errors import BuildError, ConfigError, DarknetInputWarning, InputError, ParityError
 from parity.reference import run_reference
 from parity.suite import RunOptions, compare_case
@@ -561,9 +562,9 @@ def test_replay_of_one_file_shows_the_warning_and_of_a_folder_does_not(tmp_path,
 
 def _fake_header(folder: Path, alexeyab: bool = False) -> Path:
     """A darknet.h that has every name the shim looks for (no real declarations: it is never compiled here)."""
-    from parity.libdarknet import _NEEDS_ALEXEYAB, _NEEDS_COMMON
+    from parity.backends.darknet_library import NEEDS_ALEXEYAB, NEEDS_COMMON
 
-    names = _NEEDS_COMMON + (_NEEDS_ALEXEYAB if alexeyab else ())
+    names = NEEDS_COMMON + (NEEDS_ALEXEYAB if alexeyab else ())
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "darknet.h").write_text("".join(f"int {name};\n" for name in names))
     return folder

@@ -15,7 +15,7 @@ import torch
 from parity.candidates import Candidate, CandidateOutput, load_candidate, run_candidate
 from parity.errors import ParityError
 from parity.generate import random_case, random_config
-from parity.reference import ROLE_BEST_ANCHOR, ROLE_EXTRA_ANCHOR, ROLE_IGNORED, ROLE_TRUTH_THRESH
+from parity.roles import ROLE_BEST_ANCHOR, ROLE_EXTRA_ANCHOR, ROLE_IGNORED, ROLE_TRUTH_THRESH
 from parity.torch import yolo_forward
 
 FIXTURES = Path(__file__).resolve().parent / "candidates_fixtures"

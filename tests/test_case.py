@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from parity.case import load_case, save_case
-from parity.config import YoloConfig, dump_yolo_cfg
+from parity.cfg import dump_yolo_cfg
+from parity.config import YoloConfig
 from parity.errors import CaseFormatError
 from parity.generate import random_case, random_config
 from parity.reference import run_reference

@@ -1,8 +1,10 @@
 """The darknet-parity command line: help without heavy imports, exit codes 0/1/2."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,7 +67,11 @@ def test_unknown_command_exits_2(capsys):
 
 
 def test_console_script_is_installed():
-    out = subprocess.run(["darknet-parity", "--help"], capture_output=True, text=True)
+    # The script beside this interpreter (a venv need not be activated), else the one on PATH.
+    beside = Path(sys.executable).parent / "darknet-parity"
+    script = str(beside) if beside.exists() else shutil.which("darknet-parity")
+    assert script, f"no darknet-parity script beside {sys.executable} or on PATH"
+    out = subprocess.run([script, "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "Exit codes" in out.stdout
 
 

@@ -15,7 +15,8 @@ from parity.commands.shrink import failing_kinds
 from parity.config import YoloConfig
 from parity.generate import CaseShape, random_case
 from parity.layer_input import active_rows, check_layer_input
-from parity.reference import ROLE_BEST_ANCHOR, ROLE_EXTRA_ANCHOR, ROLE_IGNORED, run_reference
+from parity.reference import run_reference
+from parity.roles import ROLE_BEST_ANCHOR, ROLE_EXTRA_ANCHOR, ROLE_IGNORED
 from parity.replay import replay_case, replay_paths, shared_recorded_dir
 from parity.shrink import _crop, _drop_rows, _keep_classes, case_size, shrink_case
 from parity.cases import CaseRef, build_case

@@ -1,4 +1,4 @@
-"""Darknet cfg parsing (parity.config, parity.cfg_walk) against darknet's own rules.
+"""Darknet cfg parsing (parity.cfg, parity.config) against darknet's own rules.
 
 Expected values are worked out by hand from darknet's parser (read_cfg,
 read_option, option_find, parse_yolo, parse_yolo_mask, the make_*_layer size
@@ -16,18 +16,8 @@ from typing import Any
 
 import pytest
 
-from parity.config import (
-    FLT_MAX,
-    ConfigWarning,
-    NetworkCfg,
-    YoloConfig,
-    c_atof,
-    c_atoi,
-    dump_yolo_cfg,
-    load_cfg,
-    parse_cfg,
-    yolo_config_from_cfg,
-)
+from parity.cfg import NetworkCfg, c_atof, c_atoi, dump_yolo_cfg, load_cfg, parse_cfg, yolo_config_from_cfg
+from parity.config import FLT_MAX, ConfigWarning, YoloConfig
 from parity.errors import ConfigError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cfg"

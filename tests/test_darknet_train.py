@@ -32,7 +32,7 @@ from parity.cli import main as cli_main
 from parity.darknet_train import (DEFAULT_CFG, DEFAULT_IMAGE_DIR, DEFAULT_LABELS, TrainSettings, case_stem,
                                   load_labels, record_training, write_recording)
 from parity.errors import ParityError
-from parity.libdarknet import DEFAULT_INCLUDE, DEFAULT_LIB
+from parity.backends.darknet_library import DEFAULT_INCLUDE, DEFAULT_LIB
 from parity.reference import run_reference
 from parity.replay import FIXTURES_DIR, case_paths
 from parity.torch import yolo_forward

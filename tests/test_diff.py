@@ -10,7 +10,8 @@ from parity.tolerance import Tolerance, ToleranceRule, load_tolerances
 from parity.errors import ParityError
 from parity.facts import slot_facts
 from parity.generate import random_case, random_config
-from parity.reference import ROLE_BEST_ANCHOR, run_reference
+from parity.reference import run_reference
+from parity.roles import ROLE_BEST_ANCHOR
 
 def diff_case(name, case, ref, cand_delta, facts, *, rule=ToleranceRule(), exact_delta=None, per_class=False):
     """The one comparator on a candidate delta, with these facts (which the tests may edit)."""

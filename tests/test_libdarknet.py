@@ -21,9 +21,10 @@ import pytest
 
 from parity.config import FLT_MAX, YoloConfig
 from parity.errors import BuildError, InputError
-from parity.libdarknet import (DEFAULT_INCLUDE, DEFAULT_LIB, find_library, header_flavor,
-                               shim_key)
-from parity.reference import ReferenceResult, run_reference
+from parity.backends.darknet_library import DEFAULT_INCLUDE, DEFAULT_LIB, find_library, header_flavor
+from parity.backends.libdarknet import one_layer_key
+from parity.reference import run_reference
+from parity.result import LayerRun
 
 PJ_CASES = 240
 AB_CASES = 120
@@ -245,7 +246,7 @@ def _closeness(ours: np.ndarray, darknet: np.ndarray) -> tuple[np.ndarray, float
     return bad, float(np.max(err / tol, initial=0.0))
 
 
-def assert_agrees(ours: ReferenceResult, darknet: ReferenceResult, label: str) -> None:
+def assert_agrees(ours: LayerRun, darknet: LayerRun, label: str) -> None:
     decided = (ours.delta != 0) != (darknet.delta != 0)
     assert not decided.any(), (f"{label}: delta zero/nonzero differs at {np.argwhere(decided)[:5].tolist()} "
                                f"(ours {ours.delta[decided][:5]}, darknet {darknet.delta[decided][:5]})")
@@ -257,7 +258,7 @@ def assert_agrees(ours: ReferenceResult, darknet: ReferenceResult, label: str) -
     assert not cost_bad.any(), f"{label}: cost {ours.stats['cost']} vs darknet {darknet.stats['cost']}"
 
 
-def _run_both(case: Case, flavor: str, lib: dict[str, str]) -> tuple[ReferenceResult, ReferenceResult]:
+def _run_both(case: Case, flavor: str, lib: dict[str, str]) -> tuple[LayerRun, LayerRun]:
     ours = run_reference(case.config, case.input, case.truth, flavor, backend="c")
     darknet = run_reference(case.config, case.input, case.truth, flavor, backend="libdarknet", **lib)
     return ours, darknet
@@ -306,8 +307,8 @@ def test_debian_header_reads_as_pjreddie(debian_lib: dict[str, str]) -> None:
 
 def test_cache_key_follows_header(debian_lib: dict[str, str], tmp_path: Path) -> None:
     (tmp_path / "darknet.h").write_text((DEFAULT_INCLUDE / "darknet.h").read_text() + "\n/* edited */\n")
-    original = shim_key(find_library(debian_lib["darknet_lib"], debian_lib["darknet_include"]))
-    edited = shim_key(find_library(debian_lib["darknet_lib"], tmp_path))
+    original = one_layer_key(find_library(debian_lib["darknet_lib"], debian_lib["darknet_include"]))
+    edited = one_layer_key(find_library(debian_lib["darknet_lib"], tmp_path))
     assert original != edited
 
 
@@ -442,7 +443,7 @@ def test_loading_the_library_keeps_the_process_fp_mode(debian_lib: dict[str, str
         "import numpy as np\n"
         "from parity.generate import random_case, random_config\n"
         "from parity.reference import run_reference\n"
-        "from parity.native import load_reference\n"
+        "from parity.backends.c_reference import load_reference\n"
         "fp = load_reference().lib\n"
         "before = fp.yref_fp_mode()\n"
         "cfg = random_config(np.random.default_rng(1), 'pjreddie')\n"

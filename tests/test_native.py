@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from parity import _build_ref, native
+from parity.backends import native, ref_build as _build_ref
+from parity.backends.c_reference import load_reference
 from parity.errors import BuildError
 
 
@@ -33,7 +34,7 @@ def test_cache_key_follows_the_sources(tmp_path):
 
 
 def test_branch_names_match_the_header():
-    mod = native.load_reference()
+    mod = load_reference()
     names = [mod.ffi.string(mod.lib.yref_branch_name(k)).decode() for k in range(_build_ref.branch_count())]
     assert len(set(names)) == len(names) and all(names)
     assert mod.ffi.string(mod.lib.yref_branch_name(_build_ref.branch_count())) == b""

@@ -29,7 +29,7 @@ import parity.report.text  # noqa: F401
 import parity.torch  # noqa: F401
 import rich.console  # noqa: F401
 from parity.config import YoloConfig
-from parity.native import load_reference
+from parity.backends.c_reference import load_reference
 from parity.suite import SuiteResult
 
 pytest_plugins = ["pytester"]

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from parity.case import Case
-from parity.config import FLT_MAX, IOU_KINDS, THRESH_KINDS, load_cfg, parse_cfg, yolo_config_from_cfg
+from parity.cfg import load_cfg, parse_cfg, yolo_config_from_cfg
+from parity.config import FLT_MAX, IOU_KINDS, THRESH_KINDS
 from parity.errors import ConfigError, ParityError
 from parity.profiles import (SHIPPED_YAML, Profile, case_id, cfg_cases, default_profile_names, get_profile,
                              load_profiles, profile_cases, suite_cases)

@@ -46,12 +46,14 @@ from hypothesis import strategies as st
 
 from parity import errors
 from parity.case import Case
-from parity.config import FLT_MAX, IOU_KINDS, THRESH_KINDS, YoloConfig, dump_yolo_cfg
+from parity.cfg import dump_yolo_cfg
+from parity.config import FLT_MAX, IOU_KINDS, THRESH_KINDS, YoloConfig
 from parity.generate import (CaseFeatures, HeadGrid, _encode_wh, _encode_xy, _logit, generate_cases,
                              random_case, random_config)
 from parity.layer_input import active_rows, check_layer_input
-from parity.reference import (ROLE_BEST_ANCHOR, ROLE_CLASSMATCH_BLOCKED, ROLE_EXTRA_ANCHOR, ROLE_IGNORED,
-                              ROLE_OBJ_NONFINITE, ROLE_TRUTH_THRESH, run_reference)
+from parity.reference import run_reference
+from parity.roles import (ROLE_BEST_ANCHOR, ROLE_CLASSMATCH_BLOCKED, ROLE_EXTRA_ANCHOR, ROLE_IGNORED,
+                          ROLE_OBJ_NONFINITE, ROLE_TRUTH_THRESH)
 from parity.torch import yolo_forward
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,8 @@ import torch
 
 from parity.case import load_case, save_case
 from parity.cli import main as cli_main
-from parity.config import YoloConfig, parse_cfg
+from parity.cfg import parse_cfg
+from parity.config import YoloConfig
 from parity.errors import InputError, ParityError
 from parity.case import case_bytes
 from parity.record import IMPLEMENTATION, Recorder, RecorderWarning

@@ -23,18 +23,9 @@ import pytest
 
 from parity.config import YoloConfig
 from parity.errors import InputError
-from parity.reference import (
-    ROLE_AVERAGED,
-    ROLE_BEST_ANCHOR,
-    ROLE_CLASS_SHORTCUT,
-    ROLE_CLASSMATCH_BLOCKED,
-    ROLE_EXTRA_ANCHOR,
-    ROLE_IGNORED,
-    ROLE_OBJ_NONFINITE,
-    ROLE_REWRITTEN,
-    ROLE_TRUTH_THRESH,
-    run_reference,
-)
+from parity.reference import run_reference
+from parity.roles import (ROLE_AVERAGED, ROLE_BEST_ANCHOR, ROLE_CLASS_SHORTCUT, ROLE_CLASSMATCH_BLOCKED,
+                          ROLE_EXTRA_ANCHOR, ROLE_IGNORED, ROLE_OBJ_NONFINITE, ROLE_REWRITTEN, ROLE_TRUTH_THRESH)
 
 X, Y, W, H, OBJ = range(5)
 
@@ -247,7 +238,7 @@ class TestCellPass:
         # 0.5 * (0 - 0.75) = -0.375 everywhere; nothing else is written
         np.testing.assert_allclose(res.delta[0, OBJ], -0.375, atol=1e-7)
         assert not res.delta[0, [X, Y, W, H, CLS(0)]].any()
-        assert res.stats["count_raw"] == 0
+        assert res.stats.count_raw == 0
 
     def test_class_probs_all_at_most_025_block_the_ignore_even_at_iou_09(self):
         # slot 1 IoU 0.9 > ignore_thresh 0.5, but class probs 0.2 and 0.1 are not > 0.25
@@ -341,7 +332,7 @@ class TestCellPass:
         assert role(res, a=0) & ROLE_TRUTH_THRESH
         assert res.branches["truth_thresh"] == 2
         assert res.stats["total_bbox"] == 4
-        assert res.stats["count_raw"] == 2
+        assert res.stats.count_raw == 2
 
 
 # ---------------------------------------------------------------------------
@@ -364,7 +355,7 @@ class TestTruthList:
     def test_both_truths_are_read(self):
         c, res = self._run([self.A, self.B])
         assert at(res.delta, c, OBJ, i=1) == 0.5
-        assert res.stats["count_raw"] == 2
+        assert res.stats.count_raw == 2
 
     def test_reading_stops_at_the_first_row_with_x_exactly_zero(self):
         # the terminator row has y, w, h set: only x == 0 matters
@@ -372,18 +363,18 @@ class TestTruthList:
         assert at(res.delta, c, OBJ, i=1) == -0.5
         assert not role(res, i=1) & ROLE_BEST_ANCHOR
         assert role(res, i=0) & ROLE_BEST_ANCHOR
-        assert res.stats["count_raw"] == 1
+        assert res.stats.count_raw == 1
         assert res.branches["zero_x_stop"] == 1
 
     def test_a_zero_y_does_not_stop_reading(self):
         c, res = self._run([self.A, (0.75, 0.0, 0.5, 0.5, 0)])
         assert at(res.delta, c, OBJ, i=1) == 0.5
-        assert res.stats["count_raw"] == 2
+        assert res.stats.count_raw == 2
 
     def test_max_boxes_limits_the_rows_read(self):
         c, res = self._run([self.A, self.B], max_boxes=1)
         assert at(res.delta, c, OBJ, i=1) == -0.5
-        assert res.stats["count_raw"] == 1
+        assert res.stats.count_raw == 1
         assert res.branches["max_truncated"] == 1
 
     @pytest.mark.parametrize("bad_class", [1.0, 5.0, -1.0])
@@ -393,7 +384,7 @@ class TestTruthList:
         # only, it would be assigned -> +0.5. Skipped in both: -0.5.
         c, res = self._run([self.A, self.B[:4] + (bad_class,)])
         assert at(res.delta, c, OBJ, i=1) == -0.5
-        assert res.stats["count_raw"] == 1
+        assert res.stats.count_raw == 1
         assert res.branches["class_oob"] == 1
 
     def test_class_id_is_truncated_to_int(self):
@@ -428,7 +419,7 @@ class TestBestAnchor:
             assert all(at(res.delta, c, e, a=a) == 0 for e in (X, Y, W, H, CLS(0)))
             assert not role(res, a=a) & ROLE_BEST_ANCHOR
         assert res.branches["anchor_outside_mask"] == 1
-        assert res.stats["count_raw"] == 0
+        assert res.stats.count_raw == 0
         assert res.stats["count"] == 1
 
     @pytest.mark.parametrize("mask, slot", [((1, 2), 0), ((2, 1), 1)])
@@ -781,7 +772,7 @@ class TestIouThresh:
         assert at(res.delta, c, CLS(0), a=1) == 0.5
         # mse towards anchor 50: (2 - 0.16)*0.75*(ln(0.4*100/50) - 0); one positive class -> /1
         close(at(res.delta, c, W, a=1), 1.84 * 0.75 * math.log(0.8))
-        assert res.stats["count_raw"] == 2
+        assert res.stats.count_raw == 2
         assert res.stats["total_bbox"] == 2
         assert res.branches["iou_thresh_extra"] == 1
 
@@ -791,7 +782,7 @@ class TestIouThresh:
         assert not role(res, a=1) & ROLE_EXTRA_ANCHOR
         assert at(res.delta, c, OBJ, a=1) == -0.5
         assert at(res.delta, c, CLS(0), a=1) == 0.0
-        assert res.stats["count_raw"] == 1
+        assert res.stats.count_raw == 1
 
     @staticmethod
     def _centred_kinds():
@@ -814,7 +805,7 @@ class TestIouThresh:
                 iou_thresh_kind=kind)
         res = run(c, Head(c), truths(TRUTH_CENTRE))
         assert bool(role(res, a=1) & ROLE_EXTRA_ANCHOR) == expected
-        assert res.stats["count_raw"] == (2 if expected else 1)
+        assert res.stats.count_raw == (2 if expected else 1)
 
     @pytest.mark.parametrize("iou_thresh, divisor", [(0.99, 3), (1.0, 1)])
     def test_averaging_divides_box_deltas_by_positive_class_count(self, iou_thresh, divisor):
@@ -890,7 +881,7 @@ class TestCost:
     def test_count_is_at_least_one(self):
         c = cfg(iou_loss="ciou")
         res = run(c, Head(c).set(OBJ, LN3), truths())
-        assert res.stats["count_raw"] == 0
+        assert res.stats.count_raw == 0
         assert res.stats["count"] == 1
         # no truth: the IoU part is 0.75 * 0 / max(0, 1) = 0 (not 0/0); the only nonzero
         # delta is the objectness 1*(0 - 0.75), so cost = 0.75^2
@@ -992,7 +983,7 @@ class TestInputValidation:
     def test_a_bad_row_after_the_terminator_is_not_read(self):
         c = cfg()
         res = run(c, Head(c), truths((0.5, 0.5, 0.2, 0.2, 0), (0.0, 0.0, 0.0, 0.0, 0), (1.0, 7.0, 0.2, 0.2, 0)))
-        assert res.stats["count_raw"] == 1
+        assert res.stats.count_raw == 1
 
     def test_wrong_channel_count_names_the_expected_layout(self):
         c = cfg(classes=2)  # needs 1*(5+2) = 7 channels

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from parity import _build_ref, native
+from parity.backends import native, ref_build as _build_ref
 from parity.errors import BuildError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,13 +45,14 @@ def test_flags_go_to_compile_and_link(monkeypatch):
 
 
 def test_shim_builder_gets_the_flags(monkeypatch, tmp_path):
-    from parity.libdarknet import DarknetLibrary, make_shim_builder
+    from parity.backends.darknet_library import DarknetLibrary, make_shim_builder
+    from parity.backends.libdarknet import CDEF, SHIM_HEADERS, SHIM_SOURCES
 
     monkeypatch.setenv(native.SANITIZE_ENV, "address")
     header = tmp_path / "darknet.h"
     header.write_text("")
     library = DarknetLibrary(tmp_path / "libdarknet.so", tmp_path, header, "pjreddie")
-    _, _, _, kwds = make_shim_builder(library)("_m")._assigned_source
+    _, _, _, kwds = make_shim_builder(library, cdef=CDEF, sources=SHIM_SOURCES, headers=SHIM_HEADERS)("_m")._assigned_source
     assert "-fsanitize=address" in kwds["extra_compile_args"]
     assert kwds["extra_link_args"] == native.sanitize_flags()
 
@@ -93,7 +94,7 @@ needs_runtimes = pytest.mark.skipif(
 CHILD = textwrap.dedent('''
     import sys
     import cffi
-    from parity.native import load_cached, sanitize_flags
+    from parity.backends.native import load_cached, sanitize_flags
 
     # volatile: the bugs must survive -O3 (a dead store or an unused malloc would be optimized away)
     SOURCE = """

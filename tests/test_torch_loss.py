@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from parity.tolerance import within
-from parity.config import parse_cfg
+from parity.cfg import parse_cfg
 from parity.errors import InputError
 from parity.generate import random_case, random_config
 from parity.reference import run_reference

@@ -62,7 +62,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from parity.case import Case  # noqa: E402
-from parity.config import FLT_MAX, IOU_KINDS, THRESH_KINDS, YoloConfig, dump_yolo_cfg  # noqa: E402
+from parity.cfg import dump_yolo_cfg  # noqa: E402
+from parity.config import FLT_MAX, IOU_KINDS, THRESH_KINDS, YoloConfig  # noqa: E402
 from parity.errors import ParityError  # noqa: E402
 from parity.generate import COCO_ANCHORS, CaseFeatures, HeadGrid, generate_cases  # noqa: E402
 from parity.layer_input import active_rows, check_layer_input  # noqa: E402

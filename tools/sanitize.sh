@@ -2,7 +2,7 @@
 # make sanitize: the C reference (darknet_ref/) and the libdarknet shim under AddressSanitizer,
 # UndefinedBehaviorSanitizer (with float-cast-overflow) and LeakSanitizer.
 #
-# DARKNET_PARITY_SANITIZE=address,undefined,float-cast-overflow makes parity/native.py build both
+# DARKNET_PARITY_SANITIZE=address,undefined,float-cast-overflow makes parity/backends/native.py build both
 # with -fsanitize=... -fno-omit-frame-pointer -fno-sanitize-recover=all -g -fno-wrapv, in cache
 # entries of their own. Python runs with gcc's libasan and libubsan preloaded, PYTHONMALLOC=malloc
 # (Python's objects get redzones too) and halt_on_error, so the first report ends a step. Steps:
@@ -30,7 +30,7 @@ log_dir=$(cd "$log_dir" && pwd)
 
 # The real interpreter: a wrapper script (pyenv's shims are bash) must not run under the preload.
 py=$("${PYTHON:-python3}" -c 'import sys; print(sys.executable)')
-cc=$("$py" -c 'from parity.native import c_compiler; print(c_compiler())')
+cc=$("$py" -c 'from parity.backends.native import c_compiler; print(c_compiler())')
 runtimes=""
 for name in libasan.so libubsan.so; do
   path=$("$cc" -print-file-name="$name")

@@ -46,13 +46,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from parity import native  # noqa: E402
+from parity.backends import native  # noqa: E402
+from parity.backends.c_reference import load_reference  # noqa: E402
 from parity.case import Case, load_case  # noqa: E402
 from parity.config import YoloConfig  # noqa: E402
 from parity.errors import InputError, ParityError  # noqa: E402
 from parity.generate import (COCO_ANCHORS, CaseFeatures, CaseShape, random_case,  # noqa: E402
                              random_config)
-from parity.reference import FLAVOR_CODES, fill_layer_struct, run_reference  # noqa: E402
+from parity.backends.ground import FLAVOR_CODES, fill_layer_struct  # noqa: E402
+from parity.reference import run_reference  # noqa: E402
 from parity.replay import FIXTURES_DIR, case_paths, replay_case, shared_recorded_dir  # noqa: E402
 
 # Status codes: darknet_ref/yolo_ref.h (YREF_ERR_*) and darknet_ref/shim/libdarknet_shim.h (DPS_ERR_*).
@@ -89,7 +91,9 @@ def fresh(a: np.ndarray) -> np.ndarray:
 
 
 def run_c(case: Case, flavor: str | None = None) -> Any:
-    return run_reference(case.config, fresh(case.input), fresh(case.truth), flavor=flavor or case.flavor)
+    """The C reference with its decisions exported (so the sanitizers cover that path too)."""
+    return run_reference(case.config, fresh(case.input), fresh(case.truth), flavor=flavor or case.flavor,
+                         decisions=True)
 
 
 def run_lib(case: Case) -> Any:
@@ -148,7 +152,7 @@ def section(name: str) -> Iterator[None]:
 
 
 def libdarknet_available() -> bool:
-    from parity.libdarknet import DEFAULT_INCLUDE, DEFAULT_LIB
+    from parity.backends.darknet_library import DEFAULT_INCLUDE, DEFAULT_LIB
 
     return DEFAULT_LIB.is_file() and (DEFAULT_INCLUDE / "darknet.h").is_file()
 
@@ -345,11 +349,11 @@ def profiles_section(seed: int) -> None:
 
 def compare_with_c(case: Case, lib_res: Any, name: str) -> None:
     """The shim's result beside the C reference's: a wrong copy-out would show here."""
-    from parity.agreement import compare_runs
+    from parity.compare import compare
+    from parity.diff import Agreement
 
     c_res = run_c(case, "pjreddie")
-    agreement = compare_runs(name, lib_res.output, lib_res.delta, lib_res.stats,
-                             c_res.output, c_res.delta, {"cost": c_res.stats["cost"]})
+    agreement = Agreement.of(compare(lib_res, c_res, case=case, decisions=c_res, name=name))
     tiny = np.abs(case.truth[np.isfinite(case.truth)])
     if ((0 < tiny) & (tiny < np.finfo(np.float32).tiny)).any():
         return  # Debian's -Ofast build reads subnormal truths as 0 (DAZ): its list ends there
@@ -359,7 +363,8 @@ def compare_with_c(case: Case, lib_res: Any, name: str) -> None:
 
 
 def libdarknet_section(count: int, seed: int) -> None:
-    from parity.libdarknet import find_library, load_shim
+    from parity.backends.darknet_library import find_library
+    from parity.backends.libdarknet import load_shim
 
     check_sanitized(load_shim(find_library()).__file__, "libdarknet shim")
     rng = np.random.default_rng(seed)
@@ -527,7 +532,7 @@ def _expect(what: str, name: str, status: int, expected: int, call: Call) -> Non
 
 
 def refusals_section(with_lib: bool) -> None:
-    ref = native.load_reference()
+    ref = load_reference()
     probes = 0
     for flavor in ("alexeyab", "pjreddie"):
         call = _valid_call(ref, flavor)
@@ -562,7 +567,8 @@ def refusals_section(with_lib: bool) -> None:
 
 
 def _shim_refusals() -> int:
-    from parity.libdarknet import find_library, load_shim
+    from parity.backends.darknet_library import find_library
+    from parity.backends.libdarknet import load_shim
 
     shim = load_shim(find_library())
     probes = 0
@@ -665,11 +671,12 @@ OVERFLOW_TARGETS = {"yref_forward": "alexeyab", "dps_forward": "pjreddie"}
 def overflow_probe(target: str, name: str) -> int:
     """Run one probe (in the child): 0 if refused as a size error with nothing written."""
     if target == "dps_forward":
-        from parity.libdarknet import find_library, load_shim
+        from parity.backends.darknet_library import find_library
+        from parity.backends.libdarknet import load_shim
 
         mod, forward, expected = load_shim(find_library()), _shim_forward, DPS["SIZE"]
     else:
-        mod, forward, expected = native.load_reference(), _ref_forward, YREF["SIZE"]
+        mod, forward, expected = load_reference(), _ref_forward, YREF["SIZE"]
     call = _valid_call(mod, OVERFLOW_TARGETS[target])
     for key, value in OVERFLOW_PROBES[name].items():
         setattr(call.c, key, value)
@@ -738,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
     # darknet's own complaints about the edge inputs (DarknetInputWarning, ConfigWarning) are the point here.
     warnings.simplefilter("ignore")
     start = time.perf_counter()
-    check_sanitized(native.load_reference().__file__, "C reference")
+    check_sanitized(load_reference().__file__, "C reference")
     with_lib = libdarknet_available()
     if not with_lib and args.require_libdarknet:
         print("sanitize_driver: Debian's libdarknet (/usr/lib/darknet) is absent", file=sys.stderr)

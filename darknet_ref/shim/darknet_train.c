@@ -11,9 +11,9 @@
  * backward_network and update_network. This file copies buffers in and out
  * and checks what it is handed.
  *
- * It is one translation unit with libdarknet_shim.c, whose fd silencing
- * (quiet_begin/quiet_end) and library checks (dps_library_path,
- * dps_library_has_gpu) are static there and reused here as they are.
+ * It is compiled with shim_common.c, whose fd silencing (quiet_begin/
+ * quiet_end) and library checks (dps_library_path, dps_library_has_gpu) the
+ * one-layer shim (libdarknet_shim.c) uses too.
  *
  * Where darknet would end the process: its parser calls error()/exit() on
  * cfgs it cannot build, and a file its image loader cannot read makes
@@ -29,10 +29,23 @@
  * srand(0), so the layers after the first [yolo] get weights from rand()
  * seeded with 0 whatever the seed. The CPU code is single-threaded.
  */
-#include "libdarknet_shim.c"    /* defines _GNU_SOURCE first, includes darknet.h */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <float.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "darknet.h"
+#include "libdarknet_shim.h"    /* DPS_ERR_* (DPT_* continue them) */
+#include "shim_common.h"
 #include "darknet_train.h"
 
-#include <math.h>
+#ifndef DPS_ALEXEYAB
+#error "compile with -DDPS_ALEXEYAB=0 (pjreddie darknet.h)"
+#endif
 
 #if DPS_ALEXEYAB
 #error "darknet_train.c drives pjreddie's network API; compile with -DDPS_ALEXEYAB=0"

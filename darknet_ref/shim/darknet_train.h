@@ -2,7 +2,7 @@
  * darknet_train.h - the interface of the shim that runs a few training
  * iterations of a whole network in an installed pjreddie darknet library and
  * hands back what each [yolo] layer saw (parity/darknet_train.py compiles it
- * with cffi, together with libdarknet_shim.c).
+ * with cffi, together with shim_common.c).
  *
  * Like libdarknet_shim.h, this header does not include darknet.h: only
  * darknet_train.c sees the library's own types. The network is an opaque

@@ -1,9 +1,10 @@
 /*
  * libdarknet_shim.c - run one [yolo] layer of an installed darknet library.
  *
- * Compiled by parity/libdarknet.py against the library's OWN darknet.h, with
- * DPS_ALEXEYAB defined to 1 when that header declares network_state
- * (AlexeyAB/darknet) and to 0 otherwise (pjreddie/darknet, 2018). The layer
+ * Compiled by parity/backends/libdarknet.py (with shim_common.c) against the
+ * library's OWN darknet.h, with DPS_ALEXEYAB defined to 1 when that header
+ * declares network_state (AlexeyAB/darknet) and to 0 otherwise
+ * (pjreddie/darknet, 2018). The layer
  * is made by the library's make_yolo_layer and run by its forward_yolo_layer;
  * this file only sets fields, lays out the truth buffer the way darknet's
  * data loader does, and copies results out.
@@ -32,6 +33,7 @@
 
 #include "darknet.h"
 #include "libdarknet_shim.h"
+#include "shim_common.h"
 
 #ifndef DPS_ALEXEYAB
 #error "compile with -DDPS_ALEXEYAB=0 (pjreddie darknet.h) or -DDPS_ALEXEYAB=1 (AlexeyAB darknet.h)"
@@ -48,109 +50,6 @@ void forward_yolo_layer(const layer l, network net);
 
 /* pjreddie reads truths at a fixed stride of 4 + 1 floats per box. */
 #define PJ_TRUTH_SIZE 5
-
-int dps_alexeyab(void)
-{
-    return DPS_ALEXEYAB;
-}
-
-/* ------------------------------------------------------------------------
- * Which library we are bound to.
- */
-
-int dps_library_path(char *buf, int cap)
-{
-    Dl_info info;
-    if (!buf || cap < 1 || !dladdr((void *)&forward_yolo_layer, &info) || !info.dli_fname)
-        return -1;
-    snprintf(buf, (size_t)cap, "%s", info.dli_fname);
-    return 0;
-}
-
-int dps_library_has_gpu(void)
-{
-    Dl_info info;
-    void *handle;
-    int found;
-    if (!dladdr((void *)&forward_yolo_layer, &info) || !info.dli_fname)
-        return 0;
-    handle = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
-    if (!handle)
-        return 0;
-    found = dlsym(handle, "forward_yolo_layer_gpu") != NULL;
-    dlclose(handle);
-    return found;
-}
-
-/* ------------------------------------------------------------------------
- * Silencing darknet's prints at the file-descriptor level.
- */
-
-typedef struct quiet_fds {
-    int saved[2];   /* dup of fd 1 and 2, or -1 if that fd was closed */
-    int active;
-} quiet_fds;
-
-static const int QUIET_FDS[2] = {STDOUT_FILENO, STDERR_FILENO};
-
-/* Point fd k back where it was (or close it again if it was closed). */
-static void restore_fd(int k, int saved)
-{
-    if (saved >= 0) {
-        dup2(saved, QUIET_FDS[k]);
-        close(saved);
-    } else {
-        close(QUIET_FDS[k]);
-    }
-}
-
-static void quiet_end(quiet_fds *q)
-{
-    int k;
-    if (!q->active)
-        return;
-    fflush(NULL);   /* darknet's buffered printf output goes to /dev/null too */
-    for (k = 0; k < 2; ++k)
-        restore_fd(k, q->saved[k]);
-    q->active = 0;
-}
-
-/* An fd on /dev/null numbered 3 or above, so it never is fd 1 or 2 itself. */
-static int open_devnull(void)
-{
-    int raw = open("/dev/null", O_WRONLY | O_CLOEXEC), fd;
-    if (raw < 0)
-        return -1;
-    fd = raw > 2 ? raw : fcntl(raw, F_DUPFD_CLOEXEC, 3);
-    if (fd != raw)
-        close(raw);
-    return fd;
-}
-
-static int quiet_begin(quiet_fds *q)
-{
-    int devnull, k;
-    q->active = 0;
-    fflush(NULL);   /* what was printed before belongs to the real outputs */
-    devnull = open_devnull();
-    if (devnull < 0)
-        return -1;
-    for (k = 0; k < 2; ++k) {
-        int saved = fcntl(QUIET_FDS[k], F_DUPFD_CLOEXEC, 3);
-        if ((saved < 0 && errno != EBADF) || dup2(devnull, QUIET_FDS[k]) < 0) {
-            if (saved >= 0)
-                close(saved);
-            while (k-- > 0)
-                restore_fd(k, q->saved[k]);
-            close(devnull);
-            return -1;
-        }
-        q->saved[k] = saved;
-    }
-    close(devnull);
-    q->active = 1;
-    return 0;
-}
 
 /* ------------------------------------------------------------------------
  * Checking what darknet will index with.

@@ -1,6 +1,6 @@
 /*
  * libdarknet_shim.h - the interface of the shim that runs one [yolo] layer of
- * an installed darknet library (parity/libdarknet.py compiles it with cffi).
+ * an installed darknet library (parity/backends/libdarknet.py compiles it with cffi).
  *
  * This header does not include darknet.h: cffi's glue code includes it, and
  * only libdarknet_shim.c sees the library's own types.
@@ -32,15 +32,8 @@ typedef struct dps_result {
     int bad_image, bad_row;     /* the truth row behind a DPS_ERR_WRONG_LABEL, _TRUTH_CELL or _CLASS_ID */
 } dps_result;
 
-/* 1 if compiled against an AlexeyAB darknet.h, 0 for pjreddie's. */
-int dps_alexeyab(void);
-
-/* Path of the shared object that provides forward_yolo_layer, into buf
- * (cap bytes); returns 0, or -1 if the loader cannot tell. */
-int dps_library_path(char *buf, int cap);
-
-/* 1 if that library was built with GPU (its CPU forward skips activation). */
-int dps_library_has_gpu(void);
+/* dps_alexeyab, dps_library_path, dps_library_has_gpu: shim_common.h. */
+#include "shim_common.h"
 
 /*
  * Build one [yolo] layer with the library's make_yolo_layer, set its options

@@ -51,7 +51,7 @@ def implementation_of(reference: str, flavor: str, darknet_lib: str | None) -> s
     """meta["implementation"] of a recording made with ``reference``."""
     if reference == "c":
         return f"darknet-parity C reference ({flavor} semantics)"
-    from ..libdarknet import DEFAULT_LIB
+    from ..backends.darknet_library import DEFAULT_LIB
 
     return str(Path(darknet_lib).resolve() if darknet_lib else DEFAULT_LIB)
 
@@ -70,7 +70,7 @@ def fill_from_reference(case: Any, reference: str = "c", darknet_lib: str | None
                  "reference": reference, "flavor": case.flavor,
                  "recorded_by": "darknet-parity record", "parity_version": __version__})
     if reference == "c":
-        from .._build_ref import CFLAGS
+        from ..backends.ref_build import CFLAGS
 
         meta["build"] = " ".join(CFLAGS)
     meta.setdefault("generator", case.name)

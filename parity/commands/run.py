@@ -74,7 +74,8 @@ def preflight(opts) -> None:
 
     load_candidate(opts.candidate, convention=opts.convention, layout=opts.layout, device=opts.device)
     if opts.reference == "libdarknet":
-        from ..libdarknet import find_library, load_shim
+        from ..backends.darknet_library import find_library
+        from ..backends.libdarknet import load_shim
 
         load_shim(find_library(opts.darknet_lib, opts.darknet_include))
 

@@ -1,6 +1,6 @@
 """Compiling and loading cffi extensions on first use, into a cache.
 
-Both native parts (the C reference and the libdarknet shim) go through
+Every native part (the C reference, the libdarknet shim, the training glue) goes through
 ``load_cached``: the module is compiled once per content hash into
 ``$DARKNET_PARITY_CACHE`` (default ``~/.cache/darknet-parity``) and loaded
 from there, so concurrent workers and edited sources are both safe.
@@ -19,14 +19,13 @@ import shlex
 import shutil
 import sysconfig
 import tempfile
-from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
 import cffi
 
-from .errors import BuildError
+from ..errors import BuildError
 
 
 def cache_dir() -> Path:
@@ -113,16 +112,3 @@ def load_cached(module_name: str, key: str, make_ffi: Callable[[str], cffi.FFI])
                 raise BuildError(f"compiling {module_name} failed: {exc}") from exc
             os.replace(built, target)
     return _import_from(target, module_name)
-
-
-@lru_cache(maxsize=None)
-def load_reference() -> ModuleType:
-    """The compiled C reference module (``.ffi``, ``.lib``), built on first use."""
-    from . import _build_ref
-
-    return load_cached("_darknet_ref", _build_ref.source_hash(), _build_ref.make_builder)
-
-
-if __name__ == "__main__":
-    # `python -m parity.native`: compile the reference now (make build).
-    print(f"C reference ready: {load_reference().__file__}")

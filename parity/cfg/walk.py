@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import Section, c_atoi, split_darknet_list
-from .errors import ConfigError
+from ..errors import ConfigError
+from .lexer import Section, c_atoi, split_darknet_list
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 The C sources ship as package data (``parity._csrc`` maps to ``darknet_ref/``)
 and are compiled on first use into a cache keyed by their hash
-(``parity.native.load_reference``), so an edit to the C never runs stale code
-and no install step needs a compiler.
+(``parity.backends.c_reference.load_reference``), so an edit to the C never
+runs stale code and no install step needs a compiler. It imports the shared
+build pieces from ``parity.backends.native``, which never imports it back.
 """
 from __future__ import annotations
 
@@ -13,20 +14,10 @@ from pathlib import Path
 
 import cffi
 
+from .. import roles
 from .native import sanitize_flags
 
-
-def _find_ref_dir() -> Path:
-    """``darknet_ref/`` of a source checkout, else the installed package data."""
-    checkout = Path(__file__).resolve().parent.parent / "darknet_ref"
-    if (checkout / "yolo_ref.h").is_file():
-        return checkout
-    import parity._csrc as csrc  # installed wheel: the same files as package data
-
-    return Path(csrc.__file__).resolve().parent
-
-
-REF_DIR = _find_ref_dir()
+REF_DIR = roles.ref_dir()
 SOURCES = ("ref_activate.c", "ref_box.c", "ref_cost.c", "ref_deltas.c", "ref_forward.c", "ref_fpmode.c",
            "ref_truths.c")
 HEADERS = ("yolo_ref.h", "ref_box.h", "ref_layer.h")
