@@ -168,8 +168,11 @@ void ref_delta_class(ref_layer *L, int b, int a, int j, int i, int class_id)
     const float *o = L->output;
     long k0 = ref_index(L, b, a, ENTRY_CLASS0, j, i);
     long kc = ref_index(L, b, a, ENTRY_CLASS0 + class_id, j, i);
+    const long slot = ref_slot(L, b, a, j, i);
     int n;
 
+    if (slot >= 0)
+        L->class_written[slot] = 1;
     if (c->flavor == YREF_PJREDDIE) {
         /* pjreddie's shortcut tests class 0's delta, whatever the class. */
         if (d[k0]) {

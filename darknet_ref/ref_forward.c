@@ -14,6 +14,7 @@
  */
 #include <limits.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ref_layer.h"
@@ -40,39 +41,89 @@ typedef struct image_sums {
     int count;
 } image_sums;
 
-/* Step 1 for one cell/anchor (AlexeyAB). */
-static void cell_pass_alexeyab(ref_layer *L, int b, int a, int j, int i)
-{
-    const yref_config *c = L->cfg;
-    const int limit = ref_truth_limit(L);
-    const long obj = ref_index(L, b, a, ENTRY_OBJ, j, i);
-    rbox pred = ref_pred_box(L, b, a, c->mask[a], j, i);
-    /* The class-match test does not depend on the truth: evaluate it once. */
-    const int class_match = any_class_above(L, b, a, j, i, 0.25f);
-    float best_match_iou = 0, best_iou = 0;
-    int best_t = 0, t;
+/* One truth the ignore search compares with: its row and its box prepared
+ * for rbox_prep_inter (edges and area as rbox_iou computes them). */
+typedef struct used_truth {
+    rbox_prep box;
+    int t;
+} used_truth;
 
+/* The truths darknet's per-cell search loops over, in row order: rows before
+ * the first x == 0 within the limit, minus (AlexeyAB) rows whose class id is
+ * out of range; pjreddie's were refused by check_truths. Read once per image
+ * instead of once per slot. Returns how many were stored in `out` (limit
+ * entries). */
+static int used_truths(ref_layer *L, int b, used_truth *out)
+{
+    const int limit = ref_truth_limit(L);
+    int t, count = 0;
     for (t = 0; t < limit; ++t) {
         ref_truth tr = ref_read_truth(L, b, t);
         if (!tr.box.x)
             break;
-        if (!tr.class_ok)
+        if (!tr.class_ok && L->cfg->flavor == YREF_ALEXEYAB)
             continue;
-        if (isnan(L->output[obj]) || isinf(L->output[obj])) {
-            L->output[obj] = 0;
-            ref_mark(L, b, a, j, i, YREF_ROLE_OBJ_NONFINITE);
-            ref_count(L, YREF_BR_OBJ_NONFINITE);
-        }
-        {
-            const float iou = rbox_iou(pred, tr.box, 0);
-            if (iou > best_match_iou && class_match)
-                best_match_iou = iou;
-            if (iou > best_iou) {
-                best_iou = iou;
-                best_t = t;
-            }
+        out[count].box = rbox_prepare(tr.box);
+        out[count].t = t;
+        count++;
+    }
+    return count;
+}
+
+/* The best IoU of one predicted box over the used truths (strict >, so the
+ * first truth wins ties), and the best over those the class-match test lets
+ * through (`class_match` is truth-independent, so that is all or none).
+ * A pair whose intersection is 0 is skipped: rbox_iou is then 0, -0 or (for
+ * pjreddie's unguarded division) NaN, and none of those is > a running best,
+ * which is always >= 0. */
+typedef struct search_result {
+    float best_iou, best_match_iou;
+    int best_t;                 /* row of best_iou; 0 when it stayed 0 (darknet's initial value) */
+} search_result;
+
+static search_result ignore_search(rbox pred, const used_truth *truths, int count, int class_match,
+                                   int pjreddie)
+{
+    const rbox_prep p = rbox_prepare(pred);
+    search_result r = {0, 0, 0};
+    int k;
+    for (k = 0; k < count; ++k) {
+        const float inter = rbox_prep_inter(&p, &truths[k].box);
+        float iou;
+        if (inter == 0)
+            continue;
+        iou = rbox_prep_iou_of(&p, &truths[k].box, inter, pjreddie);
+        if (iou > r.best_match_iou && class_match)
+            r.best_match_iou = iou;
+        if (iou > r.best_iou) {
+            r.best_iou = iou;
+            r.best_t = truths[k].t;
         }
     }
+    return r;
+}
+
+/* Step 1 for one cell/anchor (AlexeyAB). */
+static void cell_pass_alexeyab(ref_layer *L, int b, int a, int j, int i, const used_truth *truths, int count)
+{
+    const yref_config *c = L->cfg;
+    const long obj = ref_index(L, b, a, ENTRY_OBJ, j, i);
+    rbox pred = ref_pred_box(L, b, a, c->mask[a], j, i);
+    /* The class-match test does not depend on the truth: evaluate it once. */
+    const int class_match = any_class_above(L, b, a, j, i, 0.25f);
+    search_result s;
+    float best_match_iou, best_iou;
+
+    /* darknet zeroes a non-finite objectness inside its truth loop, so only
+     * where at least one truth is compared; the IoU does not depend on it. */
+    if (count > 0 && (isnan(L->output[obj]) || isinf(L->output[obj]))) {
+        L->output[obj] = 0;
+        ref_mark(L, b, a, j, i, YREF_ROLE_OBJ_NONFINITE);
+        ref_count(L, YREF_BR_OBJ_NONFINITE);
+    }
+    s = ignore_search(pred, truths, count, class_match, 0);
+    best_match_iou = s.best_match_iou;
+    best_iou = s.best_iou;
 
     L->delta[obj] = c->obj_normalizer * (0 - L->output[obj]);
     if (best_match_iou > c->ignore_thresh) {
@@ -93,7 +144,7 @@ static void cell_pass_alexeyab(ref_layer *L, int b, int a, int j, int i)
 
     if (best_iou > c->truth_thresh) {
         const float iou_mult = best_iou * best_iou;
-        ref_truth tr = ref_read_truth(L, b, best_t);
+        ref_truth tr = ref_read_truth(L, b, s.best_t);
         const float cm = class_multiplier(c, tr.class_id);
         ref_mark(L, b, a, j, i, YREF_ROLE_TRUTH_THRESH);
         ref_count(L, YREF_BR_TRUTH_THRESH);
@@ -112,27 +163,14 @@ static void cell_pass_alexeyab(ref_layer *L, int b, int a, int j, int i)
 }
 
 /* Step 1 for one cell/anchor (pjreddie: no class-match test, no smoothing). */
-static void cell_pass_pjreddie(ref_layer *L, int b, int a, int j, int i)
+static void cell_pass_pjreddie(ref_layer *L, int b, int a, int j, int i, const used_truth *truths, int count)
 {
     const yref_config *c = L->cfg;
-    const int limit = ref_truth_limit(L);
     const long obj = ref_index(L, b, a, ENTRY_OBJ, j, i);
     rbox pred = ref_pred_box(L, b, a, c->mask[a], j, i);
-    float best_iou = 0;
-    int best_t = 0, t;
+    const search_result s = ignore_search(pred, truths, count, 1, 1);
+    const float best_iou = s.best_iou;
 
-    for (t = 0; t < limit; ++t) {
-        ref_truth tr = ref_read_truth(L, b, t);
-        if (!tr.box.x)
-            break;
-        {
-            const float iou = rbox_iou(pred, tr.box, 1);
-            if (iou > best_iou) {
-                best_iou = iou;
-                best_t = t;
-            }
-        }
-    }
     L->delta[obj] = 0 - L->output[obj];
     if (best_iou > c->ignore_thresh) {
         ref_mark(L, b, a, j, i, YREF_ROLE_IGNORED);
@@ -140,7 +178,7 @@ static void cell_pass_pjreddie(ref_layer *L, int b, int a, int j, int i)
         L->delta[obj] = 0;
     }
     if (best_iou > c->truth_thresh) {
-        ref_truth tr = ref_read_truth(L, b, best_t);
+        ref_truth tr = ref_read_truth(L, b, s.best_t);
         ref_mark(L, b, a, j, i, YREF_ROLE_TRUTH_THRESH);
         ref_count(L, YREF_BR_TRUTH_THRESH);
         L->delta[obj] = 1 - L->output[obj];
@@ -297,15 +335,24 @@ static int truth_pass(ref_layer *L, int b, image_sums *sums)
 }
 
 /* Step 3 for one image (AlexeyAB with iou_thresh < 1). */
+/* Step 3 for one image (AlexeyAB with iou_thresh < 1; darknet's
+ * averages_yolo_deltas). Every slot with a nonzero objectness delta is
+ * visited and counted; its class deltas are counted only where
+ * ref_delta_class wrote (elsewhere they are all 0: nothing to divide by). */
 static void averaging_pass(ref_layer *L, int b)
 {
     const yref_config *c = L->cfg;
     int i, j, a;
     for (j = 0; j < c->h; ++j)
         for (i = 0; i < c->w; ++i)
-            for (a = 0; a < c->n; ++a)
-                if (L->delta[ref_index(L, b, a, ENTRY_OBJ, j, i)] != 0)
+            for (a = 0; a < c->n; ++a) {
+                if (L->delta[ref_index(L, b, a, ENTRY_OBJ, j, i)] == 0)
+                    continue;
+                if (L->class_written[ref_slot(L, b, a, j, i)])
                     ref_average_box(L, b, a, j, i);
+                else
+                    ref_count(L, YREF_BR_AVERAGING);
+            }
 }
 
 static int check_config(const yref_config *c, const float *input, const float *truth,
@@ -339,7 +386,9 @@ int yref_forward(const yref_config *cfg, const float *input, const float *truth,
 {
     ref_layer L;
     int status = check_config(cfg, input, truth, output, delta, stats);
-    int b, a, j, i;
+    int b, a, j, i, limit;
+    long slots;
+    used_truth *truths;
     image_sums total = {0, 0, 0, 0};
     if (status != YREF_OK)
         return status;
@@ -358,25 +407,37 @@ int yref_forward(const yref_config *cfg, const float *input, const float *truth,
     if (status != YREF_OK)
         return status;
 
+    /* Scratch: one image's used truths, and the class-written flags. */
+    limit = ref_truth_limit(&L);
+    slots = L.stride * cfg->n * cfg->batch;
+    truths = malloc(sizeof(*truths) * (size_t)(limit > 0 ? limit : 1));
+    L.class_written = calloc((size_t)slots, 1);
+    if (!truths || !L.class_written) {
+        free(truths);
+        free(L.class_written);
+        return YREF_ERR_MEMORY;
+    }
+
     memcpy(output, input, sizeof(float) * L.outputs * cfg->batch);
     memset(delta, 0, sizeof(float) * L.outputs * cfg->batch);
     if (roles)
-        memset(roles, 0, sizeof(int) * L.stride * cfg->n * cfg->batch);
+        memset(roles, 0, sizeof(int) * slots);
     ref_activate(&L);
 
     for (b = 0; b < cfg->batch; ++b) {
         image_sums sums = {0, 0, 0, 0};
+        const int count = used_truths(&L, b, truths);
         for (j = 0; j < cfg->h; ++j)
             for (i = 0; i < cfg->w; ++i)
                 for (a = 0; a < cfg->n; ++a) {
                     if (cfg->flavor == YREF_PJREDDIE)
-                        cell_pass_pjreddie(&L, b, a, j, i);
+                        cell_pass_pjreddie(&L, b, a, j, i, truths, count);
                     else
-                        cell_pass_alexeyab(&L, b, a, j, i);
+                        cell_pass_alexeyab(&L, b, a, j, i, truths, count);
                 }
         status = truth_pass(&L, b, &sums);
         if (status != YREF_OK)
-            return status;
+            break;
         if (cfg->flavor == YREF_ALEXEYAB && cfg->iou_thresh < 1.0f)
             averaging_pass(&L, b);
         total.tot_iou += sums.tot_iou;
@@ -384,6 +445,10 @@ int yref_forward(const yref_config *cfg, const float *input, const float *truth,
         total.tot_giou_loss += sums.tot_giou_loss;
         total.count += sums.count;
     }
+    free(truths);
+    free(L.class_written);
+    if (status != YREF_OK)
+        return status;
     if (L.status != YREF_OK)
         return L.status;
 

@@ -19,6 +19,11 @@ typedef struct ref_layer {
     float *output;
     float *delta;
     int *roles;                 /* may be NULL */
+    /* [batch, n, h, w]: 1 where ref_delta_class wrote. Only there can a class
+     * delta be nonzero (delta starts all 0, and every class write goes
+     * through ref_delta_class or follows it on the same slot), so the
+     * averaging pass counts positive class deltas only there. */
+    unsigned char *class_written;
     const float *truth;
     yref_stats *stats;
     long stride;                /* w*h: distance between entries of one anchor */
@@ -55,6 +60,16 @@ static inline void ref_mark(ref_layer *L, int b, int a, int j, int i, int flag)
     if (!L->roles || b < 0 || b >= c->batch || a < 0 || a >= c->n || j < 0 || j >= c->h || i < 0 || i >= c->w)
         return;
     L->roles[(((long)b * c->n + a) * c->h + j) * c->w + i] |= flag;
+}
+
+/* Offset of slot (a, j, i) of image b in [batch, n, h, w] arrays, or -1 when
+ * an argument is out of range. */
+static inline long ref_slot(const ref_layer *L, int b, int a, int j, int i)
+{
+    const yref_config *c = L->cfg;
+    if (b < 0 || b >= c->batch || a < 0 || a >= c->n || j < 0 || j >= c->h || i < 0 || i >= c->w)
+        return -1;
+    return (((long)b * c->n + a) * c->h + j) * c->w + i;
 }
 
 static inline void ref_count(ref_layer *L, int branch)

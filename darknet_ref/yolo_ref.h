@@ -40,6 +40,7 @@
 #define YREF_ERR_TRUTH_CELL 4    /* a used truth centre maps outside the grid */
 #define YREF_ERR_CLASS_ID 5      /* pjreddie: class id outside [0, classes) */
 #define YREF_ERR_OPTION 6        /* an enum option out of range */
+#define YREF_ERR_MEMORY 7        /* scratch memory could not be allocated */
 
 /* Per-cell decision flags written to `roles` ([batch, n, h, w]). */
 #define YREF_ROLE_IGNORED        (1 << 0)  /* best class-matching IoU > ignore_thresh */
