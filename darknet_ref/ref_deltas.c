@@ -219,8 +219,9 @@ void ref_delta_class(ref_layer *L, int b, int a, int j, int i, int class_id)
 }
 
 /* Divide the box deltas of a cell by the number of classes whose delta is
- * positive (darknet's averaging after iou_thresh assignment). */
-void ref_average_box(ref_layer *L, int b, int a, int j, int i)
+ * positive (darknet's averaging after iou_thresh assignment). Returns that
+ * number (0: nothing divided). */
+int ref_average_box(ref_layer *L, int b, int a, int j, int i)
 {
     const yref_config *c = L->cfg;
     float *d = L->delta;
@@ -236,4 +237,5 @@ void ref_average_box(ref_layer *L, int b, int a, int j, int i)
     if (positive > 0)
         for (e = 0; e < 4; ++e)
             d[ref_index(L, b, a, e, j, i)] /= positive;
+    return positive;
 }

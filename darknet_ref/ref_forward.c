@@ -19,15 +19,28 @@
 
 #include "ref_layer.h"
 
-/* Truths for which the cell's class-match test counts: AlexeyAB keeps the
- * best IoU only over truths when any class probability exceeds 0.25. */
-static int any_class_above(ref_layer *L, int b, int a, int j, int i, float thresh)
+/* AlexeyAB's class-match test (darknet's compare_yolo_class): does any
+ * class probability of the slot exceed thresh? The ignore search keeps its
+ * best_match_iou only when it does. With max_prob the scan goes on to the end
+ * and reports the largest class value (NaN skipped, -inf if none compares),
+ * for the decisions export; the answer is the same either way. */
+static int any_class_above(ref_layer *L, int b, int a, int j, int i, float thresh, float *max_prob)
 {
-    int n;
-    for (n = 0; n < L->cfg->classes; ++n)
-        if (L->output[ref_index(L, b, a, ENTRY_CLASS0 + n, j, i)] > thresh)
-            return 1;
-    return 0;
+    int n, hit = 0;
+    float m = -INFINITY;
+    for (n = 0; n < L->cfg->classes; ++n) {
+        const float v = L->output[ref_index(L, b, a, ENTRY_CLASS0 + n, j, i)];
+        if (v > thresh) {
+            if (!max_prob)
+                return 1;
+            hit = 1;
+        }
+        if (v > m)
+            m = v;
+    }
+    if (max_prob)
+        *max_prob = m;
+    return hit;
 }
 
 static float class_multiplier(const yref_config *c, int class_id)
@@ -78,6 +91,7 @@ static int used_truths(ref_layer *L, int b, used_truth *out)
  * which is always >= 0. */
 typedef struct search_result {
     float best_iou, best_match_iou;
+    float second_iou;           /* runner-up over the other truths (for the export only) */
     int best_t;                 /* row of best_iou; 0 when it stayed 0 (darknet's initial value) */
 } search_result;
 
@@ -85,7 +99,7 @@ static search_result ignore_search(rbox pred, const used_truth *truths, int coun
                                    int pjreddie)
 {
     const rbox_prep p = rbox_prepare(pred);
-    search_result r = {0, 0, 0};
+    search_result r = {0, 0, 0, 0};
     int k;
     for (k = 0; k < count; ++k) {
         const float inter = rbox_prep_inter(&p, &truths[k].box);
@@ -96,11 +110,36 @@ static search_result ignore_search(rbox pred, const used_truth *truths, int coun
         if (iou > r.best_match_iou && class_match)
             r.best_match_iou = iou;
         if (iou > r.best_iou) {
+            r.second_iou = r.best_iou;
             r.best_iou = iou;
             r.best_t = truths[k].t;
+        } else if (iou > r.second_iou) {
+            r.second_iou = iou;
         }
     }
     return r;
+}
+
+/* The cell pass's decisions for one slot, as it made them. */
+static void export_cell(ref_layer *L, int b, int a, int j, int i, const search_result *s,
+                        float best_match_iou, float max_prob, int class_match)
+{
+    yref_decisions *d = L->dec;
+    const long slot = ref_slot(L, b, a, j, i);
+    if (!d || slot < 0)
+        return;
+    if (d->best_iou)
+        d->best_iou[slot] = s->best_iou;
+    if (d->second_iou)
+        d->second_iou[slot] = s->second_iou;
+    if (d->best_truth)
+        d->best_truth[slot] = s->best_iou > 0 ? s->best_t : -1;  /* best_iou > 0 iff it was updated */
+    if (d->best_match_iou)
+        d->best_match_iou[slot] = best_match_iou;
+    if (d->max_class_prob)
+        d->max_class_prob[slot] = max_prob;
+    if (d->class_match)
+        d->class_match[slot] = class_match;
 }
 
 /* Step 1 for one cell/anchor (AlexeyAB). */
@@ -110,7 +149,9 @@ static void cell_pass_alexeyab(ref_layer *L, int b, int a, int j, int i, const u
     const long obj = ref_index(L, b, a, ENTRY_OBJ, j, i);
     rbox pred = ref_pred_box(L, b, a, c->mask[a], j, i);
     /* The class-match test does not depend on the truth: evaluate it once. */
-    const int class_match = any_class_above(L, b, a, j, i, 0.25f);
+    float max_prob = 0;
+    const int class_match = any_class_above(L, b, a, j, i, 0.25f,
+                                            L->dec && L->dec->max_class_prob ? &max_prob : NULL);
     search_result s;
     float best_match_iou, best_iou;
 
@@ -124,6 +165,7 @@ static void cell_pass_alexeyab(ref_layer *L, int b, int a, int j, int i, const u
     s = ignore_search(pred, truths, count, class_match, 0);
     best_match_iou = s.best_match_iou;
     best_iou = s.best_iou;
+    export_cell(L, b, a, j, i, &s, best_match_iou, max_prob, class_match);
 
     L->delta[obj] = c->obj_normalizer * (0 - L->output[obj]);
     if (best_match_iou > c->ignore_thresh) {
@@ -171,6 +213,8 @@ static void cell_pass_pjreddie(ref_layer *L, int b, int a, int j, int i, const u
     const search_result s = ignore_search(pred, truths, count, 1, 1);
     const float best_iou = s.best_iou;
 
+    export_cell(L, b, a, j, i, &s, best_iou, 0, 1);
+
     L->delta[obj] = 0 - L->output[obj];
     if (best_iou > c->ignore_thresh) {
         ref_mark(L, b, a, j, i, YREF_ROLE_IGNORED);
@@ -206,9 +250,29 @@ static rbox anchor_shape(const yref_config *c, int anchor)
     return s;
 }
 
+/* One step-2 write, appended to the export's assign rows (never past capacity). */
+static void export_assign(ref_layer *L, int b, int t, int a, int anchor, int j, int i, int extra)
+{
+    yref_decisions *d = L->dec;
+    if (!d)
+        return;
+    if (d->assign && d->assign_count < d->assign_capacity) {
+        int *row = d->assign + 7 * d->assign_count;
+        row[0] = b;
+        row[1] = t;
+        row[2] = a;
+        row[3] = anchor;
+        row[4] = j;
+        row[5] = i;
+        row[6] = extra;
+    }
+    d->assign_count++;
+}
+
 /* Step 2 for one truth assigned to anchor slot a (darknet's biases index
  * `anchor`) at cell (j, i): box, objectness and class deltas. */
-static void assign(ref_layer *L, image_sums *sums, ref_truth tr, int b, int a, int anchor, int j, int i)
+static void assign(ref_layer *L, image_sums *sums, ref_truth tr, int b, int t, int a, int anchor, int j, int i,
+                   int extra)
 {
     const yref_config *c = L->cfg;
     const long obj = ref_index(L, b, a, ENTRY_OBJ, j, i);
@@ -234,6 +298,7 @@ static void assign(ref_layer *L, image_sums *sums, ref_truth tr, int b, int a, i
     }
     ref_delta_class(L, b, a, j, i, tr.class_id);
     sums->count++;
+    export_assign(L, b, t, a, anchor, j, i, extra);
 }
 
 /* The cell of a truth centre: the float product truncated, as darknet does.
@@ -274,12 +339,38 @@ static int check_truths(ref_layer *L)
     return YREF_OK;
 }
 
+/* A used truth row's decisions: its cell and best anchor (step 2). */
+static void export_truth(ref_layer *L, int b, int t, int best_n, int i, int j)
+{
+    yref_decisions *d = L->dec;
+    const long row = (long)b * L->cfg->truth_rows + t;
+    if (!d)
+        return;
+    if (d->truth_used)
+        d->truth_used[row] = 1;
+    if (d->truth_best_anchor)
+        d->truth_best_anchor[row] = best_n;
+    if (d->truth_i)
+        d->truth_i[row] = i;
+    if (d->truth_j)
+        d->truth_j[row] = j;
+}
+
+/* One (truth row, anchor) value into a [batch, truth_rows, total] array, if wanted. */
+static void export_pair(ref_layer *L, float *arr, int b, int t, int n, float v)
+{
+    if (arr)
+        arr[((long)b * L->cfg->truth_rows + t) * L->cfg->total + n] = v;
+}
+
 /* Step 2 for one image. Returns a status (a truth outside the grid). */
 static int truth_pass(ref_layer *L, int b, image_sums *sums)
 {
     const yref_config *c = L->cfg;
     const int pjreddie = c->flavor == YREF_PJREDDIE;
     const int limit = ref_truth_limit(L);
+    yref_decisions *dec = L->dec;
+    const int want_thresh_iou = dec && dec->anchor_thresh_iou && !pjreddie;
     int t;
 
     for (t = 0; t < limit; ++t) {
@@ -303,28 +394,36 @@ static int truth_pass(ref_layer *L, int b, image_sums *sums)
         shape.x = shape.y = 0;
         for (n = 0; n < c->total; ++n) {
             const float iou = rbox_iou(anchor_shape(c, n), shape, pjreddie);
+            export_pair(L, dec ? dec->anchor_iou : NULL, b, t, n, iou);
             if (iou > best_iou) {
                 best_iou = iou;
                 best_n = n;
             }
         }
+        export_truth(L, b, t, best_n, i, j);
         a = mask_slot(c, best_n);
         if (a >= 0) {
             ref_mark(L, b, a, j, i, YREF_ROLE_BEST_ANCHOR);
-            assign(L, sums, tr, b, a, best_n, j, i);
+            assign(L, sums, tr, b, t, a, best_n, j, i, 0);
         } else {
             ref_count(L, YREF_BR_ANCHOR_OUTSIDE_MASK);
         }
-        if (pjreddie || !(c->iou_thresh < 1.0f))
+        if (pjreddie || (!(c->iou_thresh < 1.0f) && !want_thresh_iou))
             continue;
         for (n = 0; n < c->total; ++n) {
             const int slot = mask_slot(c, n);
-            if (slot < 0 || n == best_n)
+            /* darknet compares only mask anchors other than best_n, and only with iou_thresh < 1;
+             * the export asks for the value of every pair. */
+            const int compared = c->iou_thresh < 1.0f && slot >= 0 && n != best_n;
+            float kind_iou;
+            if (!compared && !want_thresh_iou)
                 continue;
-            if (rbox_iou_kind(anchor_shape(c, n), shape, c->iou_thresh_kind) > c->iou_thresh) {
+            kind_iou = rbox_iou_kind(anchor_shape(c, n), shape, c->iou_thresh_kind);
+            export_pair(L, want_thresh_iou ? dec->anchor_thresh_iou : NULL, b, t, n, kind_iou);
+            if (compared && kind_iou > c->iou_thresh) {
                 ref_mark(L, b, slot, j, i, YREF_ROLE_EXTRA_ANCHOR);
                 ref_count(L, YREF_BR_IOU_THRESH_EXTRA);
-                assign(L, sums, tr, b, slot, n, j, i);
+                assign(L, sums, tr, b, t, slot, n, j, i, 1);
             }
         }
     }
@@ -346,12 +445,17 @@ static void averaging_pass(ref_layer *L, int b)
     for (j = 0; j < c->h; ++j)
         for (i = 0; i < c->w; ++i)
             for (a = 0; a < c->n; ++a) {
+                long slot;
                 if (L->delta[ref_index(L, b, a, ENTRY_OBJ, j, i)] == 0)
                     continue;
-                if (L->class_written[ref_slot(L, b, a, j, i)])
-                    ref_average_box(L, b, a, j, i);
-                else
-                    ref_count(L, YREF_BR_AVERAGING);
+                slot = ref_slot(L, b, a, j, i);
+                if (L->class_written[slot]) {
+                    const int divisor = ref_average_box(L, b, a, j, i);
+                    if (L->dec && L->dec->divisor)
+                        L->dec->divisor[slot] = divisor;
+                } else {
+                    ref_count(L, YREF_BR_AVERAGING);  /* no class delta: nothing divided */
+                }
             }
 }
 
@@ -381,8 +485,47 @@ static int check_config(const yref_config *c, const float *input, const float *t
     return YREF_OK;
 }
 
+/* Fill each wanted decision array with its "untouched" value. */
+static void init_decisions(ref_layer *L, long slots)
+{
+    yref_decisions *d = L->dec;
+    const yref_config *c = L->cfg;
+    const long rows = (long)c->batch * c->truth_rows;
+    const long pairs = rows * c->total;
+    long k;
+    if (!d)
+        return;
+    d->assign_count = 0;
+    for (k = 0; k < slots; ++k) {
+        if (d->best_iou) d->best_iou[k] = 0;
+        if (d->second_iou) d->second_iou[k] = 0;
+        if (d->best_truth) d->best_truth[k] = -1;
+        if (d->best_match_iou) d->best_match_iou[k] = 0;
+        if (d->max_class_prob) d->max_class_prob[k] = 0;
+        if (d->class_match) d->class_match[k] = 0;
+        if (d->divisor) d->divisor[k] = 0;
+    }
+    for (k = 0; k < rows; ++k) {
+        if (d->truth_used) d->truth_used[k] = 0;
+        if (d->truth_best_anchor) d->truth_best_anchor[k] = -1;
+        if (d->truth_i) d->truth_i[k] = -1;
+        if (d->truth_j) d->truth_j[k] = -1;
+    }
+    for (k = 0; k < pairs; ++k) {
+        if (d->anchor_iou) d->anchor_iou[k] = 0;
+        if (d->anchor_thresh_iou) d->anchor_thresh_iou[k] = 0;
+    }
+}
+
 int yref_forward(const yref_config *cfg, const float *input, const float *truth,
                  float *output, float *delta, int *roles, yref_stats *stats)
+{
+    return yref_forward_decisions(cfg, input, truth, output, delta, roles, stats, NULL);
+}
+
+int yref_forward_decisions(const yref_config *cfg, const float *input, const float *truth,
+                           float *output, float *delta, int *roles, yref_stats *stats,
+                           yref_decisions *decisions)
 {
     ref_layer L;
     int status = check_config(cfg, input, truth, output, delta, stats);
@@ -403,6 +546,8 @@ int yref_forward(const yref_config *cfg, const float *input, const float *truth,
     L.stride = (long)cfg->w * cfg->h;
     L.outputs = L.stride * cfg->n * (5 + cfg->classes);
     L.status = YREF_OK;
+    L.class_written = NULL;
+    L.dec = decisions;
     status = check_truths(&L);
     if (status != YREF_OK)
         return status;
@@ -418,6 +563,7 @@ int yref_forward(const yref_config *cfg, const float *input, const float *truth,
         return YREF_ERR_MEMORY;
     }
 
+    init_decisions(&L, slots);
     memcpy(output, input, sizeof(float) * L.outputs * cfg->batch);
     memset(delta, 0, sizeof(float) * L.outputs * cfg->batch);
     if (roles)

@@ -24,6 +24,7 @@ typedef struct ref_layer {
      * through ref_delta_class or follows it on the same slot), so the
      * averaging pass counts positive class deltas only there. */
     unsigned char *class_written;
+    yref_decisions *dec;        /* what to export, or NULL */
     const float *truth;
     yref_stats *stats;
     long stride;                /* w*h: distance between entries of one anchor */
@@ -94,7 +95,7 @@ typedef struct ref_ious {
 ref_ious ref_delta_box(ref_layer *L, rbox truth, int b, int a, int anchor, int j, int i,
                        float scale, float iou_normalizer);
 void ref_delta_class(ref_layer *L, int b, int a, int j, int i, int class_id);
-void ref_average_box(ref_layer *L, int b, int a, int j, int i);
+int ref_average_box(ref_layer *L, int b, int a, int j, int i);
 
 /* ref_cost.c */
 void ref_cost(ref_layer *L);

@@ -14,7 +14,12 @@
  * Memory contract: yref_forward reads only input[0..batch*outputs),
  * truth[0..batch*truth_rows*truth_cols), biases[0..2*total), mask[0..n),
  * classes_multipliers[0..classes), and writes only output, delta and roles
- * within the same sizes. Inputs that would make darknet index outside its
+ * within the same sizes. yref_forward_decisions also writes, through each
+ * non-NULL pointer of its yref_decisions, exactly these many elements:
+ * batch*n*h*w (per-slot arrays), batch*truth_rows (per-truth arrays),
+ * batch*truth_rows*total (per truth and anchor), 7*min(assign_count,
+ * assign_capacity) ints of assign (never past assign_capacity rows), and
+ * reads nothing through them. Inputs that would make darknet index outside its
  * arrays (a truth centre outside [0,1), a class id outside [0,classes) in the
  * pjreddie flavor) are refused with a status code before anything is written
  * for that image; the Python wrapper refuses them earlier with a message.
@@ -117,6 +122,53 @@ typedef struct yref_stats {
  */
 int yref_forward(const yref_config *cfg, const float *input, const float *truth,
                  float *output, float *delta, int *roles, yref_stats *stats);
+
+/*
+ * darknet's decisions, exported by the pass that makes each of them (not
+ * recomputed). Every pointer may be NULL (not wanted); each array is first
+ * filled with its "untouched" value (0, or -1 where stated). Written only
+ * when the call returns YREF_OK (on a refusal nothing is written).
+ */
+typedef struct yref_decisions {
+    /* per slot [batch, n, h, w], from the cell pass (step 1) */
+    float *best_iou;        /* best IoU of the slot's predicted box over the image's used truths
+                               (darknet's best_iou: starts at 0, strict >) */
+    float *second_iou;      /* runner-up: largest IoU over the other used truths (a tie with the
+                               best gives best_iou), 0 if none is > 0 */
+    int *best_truth;        /* truth row giving best_iou; -1 when best_iou stayed 0 */
+    float *best_match_iou;  /* AlexeyAB: best IoU the class-match test let through (darknet's
+                               best_match_iou); pjreddie: = best_iou */
+    float *max_class_prob;  /* AlexeyAB: largest activated class value of the slot, the quantity
+                               the "any class > 0.25" test compares (NaN values skipped; -inf if
+                               all are NaN), so class_match == (max_class_prob > 0.25); pjreddie: 0 */
+    int *class_match;       /* AlexeyAB: that test's result (1/0); pjreddie: 1 */
+    int *divisor;           /* averaging pass (step 3): the positive class-delta count the box
+                               delta was divided by; 0 where nothing was divided */
+    /* per truth row [batch, truth_rows], from the truth pass (step 2) */
+    int *truth_used;        /* 1 if the truth pass uses the row (before the x == 0 terminator,
+                               within max_boxes, AlexeyAB: class id in range) */
+    int *truth_best_anchor; /* best anchor over all `total` by shape IoU (darknet's best_n); -1 unused */
+    int *truth_i, *truth_j; /* the row's cell; -1 for unused rows */
+    /* per truth row and anchor [batch, truth_rows, total]; 0 for unused rows */
+    float *anchor_iou;      /* shape IoU (both boxes centred at 0) compared to pick best_n */
+    float *anchor_thresh_iou; /* AlexeyAB: the iou_thresh_kind IoU of the same pair, the value
+                               compared with iou_thresh (computed for every anchor when wanted,
+                               also when iou_thresh >= 1); pjreddie: 0 */
+    /* step-2 writes in darknet's order (a truth's best anchor, then its iou_thresh
+     * extras by anchor index; truth by truth, image by image). Row k is
+     * assign[7k .. 7k+6] = b, t, a (mask slot), anchor (biases index), j, i,
+     * extra (0 best anchor, 1 iou_thresh) */
+    int *assign;
+    long assign_capacity;   /* rows available; batch*truth_rows*n always suffices */
+    long assign_count;      /* out: rows darknet wrote (if > capacity, only the first
+                               capacity rows are stored) */
+} yref_decisions;
+
+/* yref_forward, also filling `decisions` (may be NULL: then exactly yref_forward).
+ * Output, delta, roles and stats do not depend on which decisions are asked for. */
+int yref_forward_decisions(const yref_config *cfg, const float *input, const float *truth,
+                           float *output, float *delta, int *roles, yref_stats *stats,
+                           yref_decisions *decisions);
 
 /* Name of a branch counter, for reports ("ignore", "truth_thresh", ...). */
 const char *yref_branch_name(int branch);

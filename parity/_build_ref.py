@@ -69,6 +69,27 @@ typedef struct yref_stats {
 
 int yref_forward(const yref_config *cfg, const float *input, const float *truth,
                  float *output, float *delta, int *roles, yref_stats *stats);
+typedef struct yref_decisions {
+    float *best_iou;
+    float *second_iou;
+    int *best_truth;
+    float *best_match_iou;
+    float *max_class_prob;
+    int *class_match;
+    int *divisor;
+    int *truth_used;
+    int *truth_best_anchor;
+    int *truth_i, *truth_j;
+    float *anchor_iou;
+    float *anchor_thresh_iou;
+    int *assign;
+    long assign_capacity;
+    long assign_count;
+} yref_decisions;
+
+int yref_forward_decisions(const yref_config *cfg, const float *input, const float *truth,
+                           float *output, float *delta, int *roles, yref_stats *stats,
+                           yref_decisions *decisions);
 const char *yref_branch_name(int branch);
 unsigned yref_fp_mode(void);
 void yref_set_fp_mode(unsigned mode);
