@@ -13,21 +13,25 @@
 
 #include "ref_layer.h"
 
-/* sqrt of the float sum of squares, skipping the box rows if asked. */
+/* sqrt of the float sum of squares in memory order (image, anchor, entry,
+ * cell), skipping the box rows (entries 0..3) if asked. Skipping adds
+ * nothing: v*v is never -0 and the running sum starts at +0, so adding a
+ * +0 square leaves every value it can hold (NaN included) unchanged. */
 static float magnitude(ref_layer *L, int skip_box_rows)
 {
     const yref_config *c = L->cfg;
-    const long per_anchor = (5L + c->classes) * L->stride;
-    const long total = L->outputs * c->batch;
+    const float *d = L->delta;
+    const int entries = 5 + c->classes;
     float sum = 0;
+    int b, a, e;
     long k;
-    for (k = 0; k < total; ++k) {
-        const long entry_pos = (k % L->outputs) % per_anchor;
-        float v = L->delta[k];
-        if (skip_box_rows && entry_pos < 4 * L->stride)
-            v = 0;
-        sum += v * v;
-    }
+    for (b = 0; b < c->batch; ++b)
+        for (a = 0; a < c->n; ++a)
+            for (e = skip_box_rows ? ENTRY_OBJ : ENTRY_X; e < entries; ++e) {
+                const float *row = d + ref_index(L, b, a, e, 0, 0);
+                for (k = 0; k < L->stride; ++k)
+                    sum += row[k] * row[k];
+            }
     return (float)sqrt(sum);
 }
 

@@ -168,8 +168,11 @@ void ref_delta_class(ref_layer *L, int b, int a, int j, int i, int class_id)
     const float *o = L->output;
     long k0 = ref_index(L, b, a, ENTRY_CLASS0, j, i);
     long kc = ref_index(L, b, a, ENTRY_CLASS0 + class_id, j, i);
+    const long slot = ref_slot(L, b, a, j, i);
     int n;
 
+    if (slot >= 0)
+        L->class_written[slot] = 1;
     if (c->flavor == YREF_PJREDDIE) {
         /* pjreddie's shortcut tests class 0's delta, whatever the class. */
         if (d[k0]) {
@@ -217,7 +220,7 @@ void ref_delta_class(ref_layer *L, int b, int a, int j, int i, int class_id)
 
 /* Divide the box deltas of a cell by the number of classes whose delta is
  * positive (darknet's averaging after iou_thresh assignment). Returns that
- * divisor (0: nothing divided). */
+ * number (0: nothing divided). */
 int ref_average_box(ref_layer *L, int b, int a, int j, int i)
 {
     const yref_config *c = L->cfg;

@@ -14,71 +14,38 @@
  */
 #include <limits.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ref_layer.h"
 
-/* Truths for which the cell's class-match test counts: AlexeyAB keeps the
- * best IoU only over truths when any class probability exceeds 0.25. */
-static int any_class_above(ref_layer *L, int b, int a, int j, int i, float thresh)
+/* AlexeyAB's class-match test (darknet's compare_yolo_class): does any
+ * class probability of the slot exceed thresh? The ignore search keeps its
+ * best_match_iou only when it does. With max_prob the scan goes on to the end
+ * and reports the largest class value (NaN skipped, -inf if none compares),
+ * for the decisions export; the answer is the same either way. */
+static int any_class_above(ref_layer *L, int b, int a, int j, int i, float thresh, float *max_prob)
 {
-    int n;
-    for (n = 0; n < L->cfg->classes; ++n)
-        if (L->output[ref_index(L, b, a, ENTRY_CLASS0 + n, j, i)] > thresh)
-            return 1;
-    return 0;
+    int n, hit = 0;
+    float m = -INFINITY;
+    for (n = 0; n < L->cfg->classes; ++n) {
+        const float v = L->output[ref_index(L, b, a, ENTRY_CLASS0 + n, j, i)];
+        if (v > thresh) {
+            if (!max_prob)
+                return 1;
+            hit = 1;
+        }
+        if (v > m)
+            m = v;
+    }
+    if (max_prob)
+        *max_prob = m;
+    return hit;
 }
 
 static float class_multiplier(const yref_config *c, int class_id)
 {
     return c->classes_multipliers ? c->classes_multipliers[class_id] : 1.0f;
-}
-
-/* The largest class probability of a slot (NaN never wins): the quantity of
- * AlexeyAB's "some class > 0.25" test, for the decision export only. */
-static float max_class_prob(ref_layer *L, int b, int a, int j, int i)
-{
-    float best = 0;
-    int n;
-    for (n = 0; n < L->cfg->classes; ++n) {
-        const float p = L->output[ref_index(L, b, a, ENTRY_CLASS0 + n, j, i)];
-        if (p > best)
-            best = p;
-    }
-    return best;
-}
-
-/* What the cell pass decided at one slot, into the decision export. */
-typedef struct cell_decision {
-    rbox pred;
-    float best_iou, second_iou, best_match_iou, max_class_prob;
-    int best_truth, class_match;
-} cell_decision;
-
-static void export_cell(ref_layer *L, int b, int a, int j, int i, const cell_decision *cd)
-{
-    yref_decisions *d = L->dec;
-    const long k = ref_slot(L, b, a, j, i);
-    if (!d)
-        return;
-    if (d->best_iou)
-        d->best_iou[k] = cd->best_iou;
-    if (d->second_iou)
-        d->second_iou[k] = cd->second_iou;
-    if (d->best_truth)
-        d->best_truth[k] = cd->best_iou > 0 ? cd->best_truth : -1;
-    if (d->best_match_iou)
-        d->best_match_iou[k] = cd->best_match_iou;
-    if (d->max_class_prob)
-        d->max_class_prob[k] = cd->max_class_prob;
-    if (d->class_match)
-        d->class_match[k] = cd->class_match;
-    if (d->pred_box) {
-        d->pred_box[4 * k + 0] = cd->pred.x;
-        d->pred_box[4 * k + 1] = cd->pred.y;
-        d->pred_box[4 * k + 2] = cd->pred.w;
-        d->pred_box[4 * k + 3] = cd->pred.h;
-    }
 }
 
 /* Per-image sums darknet keeps in float before adding them up over images. */
@@ -87,53 +54,124 @@ typedef struct image_sums {
     int count;
 } image_sums;
 
-/* Step 1 for one cell/anchor (AlexeyAB). */
-static void cell_pass_alexeyab(ref_layer *L, int b, int a, int j, int i)
-{
-    const yref_config *c = L->cfg;
-    const int limit = ref_truth_limit(L);
-    const long obj = ref_index(L, b, a, ENTRY_OBJ, j, i);
-    rbox pred = ref_pred_box(L, b, a, c->mask[a], j, i);
-    /* The class-match test does not depend on the truth: evaluate it once. */
-    const int class_match = any_class_above(L, b, a, j, i, 0.25f);
-    float best_match_iou = 0, best_iou = 0, second_iou = 0;
-    int best_t = 0, t;
+/* One truth the ignore search compares with: its row and its box prepared
+ * for rbox_prep_inter (edges and area as rbox_iou computes them). */
+typedef struct used_truth {
+    rbox_prep box;
+    int t;
+} used_truth;
 
+/* The truths darknet's per-cell search loops over, in row order: rows before
+ * the first x == 0 within the limit, minus (AlexeyAB) rows whose class id is
+ * out of range; pjreddie's were refused by check_truths. Read once per image
+ * instead of once per slot. Returns how many were stored in `out` (limit
+ * entries). */
+static int used_truths(ref_layer *L, int b, used_truth *out)
+{
+    const int limit = ref_truth_limit(L);
+    int t, count = 0;
     for (t = 0; t < limit; ++t) {
         ref_truth tr = ref_read_truth(L, b, t);
         if (!tr.box.x)
             break;
-        if (!tr.class_ok)
+        if (!tr.class_ok && L->cfg->flavor == YREF_ALEXEYAB)
             continue;
-        if (isnan(L->output[obj]) || isinf(L->output[obj])) {
-            L->output[obj] = 0;
-            ref_mark(L, b, a, j, i, YREF_ROLE_OBJ_NONFINITE);
-            ref_count(L, YREF_BR_OBJ_NONFINITE);
-        }
-        {
-            const float iou = rbox_iou(pred, tr.box, 0);
-            if (iou > best_match_iou && class_match)
-                best_match_iou = iou;
-            if (iou > best_iou) {
-                second_iou = best_iou;
-                best_iou = iou;
-                best_t = t;
-            } else if (iou > second_iou) {
-                second_iou = iou;
-            }
+        out[count].box = rbox_prepare(tr.box);
+        out[count].t = t;
+        count++;
+    }
+    return count;
+}
+
+/* The best IoU of one predicted box over the used truths (strict >, so the
+ * first truth wins ties), and the best over those the class-match test lets
+ * through (`class_match` is truth-independent, so that is all or none).
+ * A pair whose intersection is 0 is skipped: rbox_iou is then 0, -0 or (for
+ * pjreddie's unguarded division) NaN, and none of those is > a running best,
+ * which is always >= 0. */
+typedef struct search_result {
+    float best_iou, best_match_iou;
+    float second_iou;           /* runner-up over the other truths (for the export only) */
+    int best_t;                 /* row of best_iou; 0 when it stayed 0 (darknet's initial value) */
+} search_result;
+
+static search_result ignore_search(rbox pred, const used_truth *truths, int count, int class_match,
+                                   int pjreddie)
+{
+    const rbox_prep p = rbox_prepare(pred);
+    search_result r = {0, 0, 0, 0};
+    int k;
+    for (k = 0; k < count; ++k) {
+        const float inter = rbox_prep_inter(&p, &truths[k].box);
+        float iou;
+        if (inter == 0)
+            continue;
+        iou = rbox_prep_iou_of(&p, &truths[k].box, inter, pjreddie);
+        if (iou > r.best_match_iou && class_match)
+            r.best_match_iou = iou;
+        if (iou > r.best_iou) {
+            r.second_iou = r.best_iou;
+            r.best_iou = iou;
+            r.best_t = truths[k].t;
+        } else if (iou > r.second_iou) {
+            r.second_iou = iou;
         }
     }
-    if (L->dec) {
-        cell_decision cd;
-        cd.pred = pred;
-        cd.best_iou = best_iou;
-        cd.second_iou = second_iou;
-        cd.best_match_iou = best_match_iou;
-        cd.max_class_prob = max_class_prob(L, b, a, j, i);
-        cd.best_truth = best_t;
-        cd.class_match = class_match;
-        export_cell(L, b, a, j, i, &cd);
+    return r;
+}
+
+/* The cell pass's decisions for one slot, as it made them. */
+static void export_cell(ref_layer *L, int b, int a, int j, int i, rbox pred, const search_result *s,
+                        float best_match_iou, float max_prob, int class_match)
+{
+    yref_decisions *d = L->dec;
+    const long slot = ref_slot(L, b, a, j, i);
+    if (!d || slot < 0)
+        return;
+    if (d->best_iou)
+        d->best_iou[slot] = s->best_iou;
+    if (d->second_iou)
+        d->second_iou[slot] = s->second_iou;
+    if (d->best_truth)
+        d->best_truth[slot] = s->best_iou > 0 ? s->best_t : -1;  /* best_iou > 0 iff it was updated */
+    if (d->best_match_iou)
+        d->best_match_iou[slot] = best_match_iou;
+    if (d->max_class_prob)
+        d->max_class_prob[slot] = max_prob;
+    if (d->class_match)
+        d->class_match[slot] = class_match;
+    if (d->pred_box) {
+        d->pred_box[4 * slot + 0] = pred.x;
+        d->pred_box[4 * slot + 1] = pred.y;
+        d->pred_box[4 * slot + 2] = pred.w;
+        d->pred_box[4 * slot + 3] = pred.h;
     }
+}
+
+/* Step 1 for one cell/anchor (AlexeyAB). */
+static void cell_pass_alexeyab(ref_layer *L, int b, int a, int j, int i, const used_truth *truths, int count)
+{
+    const yref_config *c = L->cfg;
+    const long obj = ref_index(L, b, a, ENTRY_OBJ, j, i);
+    rbox pred = ref_pred_box(L, b, a, c->mask[a], j, i);
+    /* The class-match test does not depend on the truth: evaluate it once. */
+    float max_prob = 0;
+    const int class_match = any_class_above(L, b, a, j, i, 0.25f,
+                                            L->dec && L->dec->max_class_prob ? &max_prob : NULL);
+    search_result s;
+    float best_match_iou, best_iou;
+
+    /* darknet zeroes a non-finite objectness inside its truth loop, so only
+     * where at least one truth is compared; the IoU does not depend on it. */
+    if (count > 0 && (isnan(L->output[obj]) || isinf(L->output[obj]))) {
+        L->output[obj] = 0;
+        ref_mark(L, b, a, j, i, YREF_ROLE_OBJ_NONFINITE);
+        ref_count(L, YREF_BR_OBJ_NONFINITE);
+    }
+    s = ignore_search(pred, truths, count, class_match, 0);
+    best_match_iou = s.best_match_iou;
+    best_iou = s.best_iou;
+    export_cell(L, b, a, j, i, pred, &s, best_match_iou, max_prob, class_match);
 
     L->delta[obj] = c->obj_normalizer * (0 - L->output[obj]);
     if (best_match_iou > c->ignore_thresh) {
@@ -154,7 +192,7 @@ static void cell_pass_alexeyab(ref_layer *L, int b, int a, int j, int i)
 
     if (best_iou > c->truth_thresh) {
         const float iou_mult = best_iou * best_iou;
-        ref_truth tr = ref_read_truth(L, b, best_t);
+        ref_truth tr = ref_read_truth(L, b, s.best_t);
         const float cm = class_multiplier(c, tr.class_id);
         ref_mark(L, b, a, j, i, YREF_ROLE_TRUTH_THRESH);
         ref_count(L, YREF_BR_TRUTH_THRESH);
@@ -173,40 +211,16 @@ static void cell_pass_alexeyab(ref_layer *L, int b, int a, int j, int i)
 }
 
 /* Step 1 for one cell/anchor (pjreddie: no class-match test, no smoothing). */
-static void cell_pass_pjreddie(ref_layer *L, int b, int a, int j, int i)
+static void cell_pass_pjreddie(ref_layer *L, int b, int a, int j, int i, const used_truth *truths, int count)
 {
     const yref_config *c = L->cfg;
-    const int limit = ref_truth_limit(L);
     const long obj = ref_index(L, b, a, ENTRY_OBJ, j, i);
     rbox pred = ref_pred_box(L, b, a, c->mask[a], j, i);
-    float best_iou = 0, second_iou = 0;
-    int best_t = 0, t;
+    const search_result s = ignore_search(pred, truths, count, 1, 1);
+    const float best_iou = s.best_iou;
 
-    for (t = 0; t < limit; ++t) {
-        ref_truth tr = ref_read_truth(L, b, t);
-        if (!tr.box.x)
-            break;
-        {
-            const float iou = rbox_iou(pred, tr.box, 1);
-            if (iou > best_iou) {
-                second_iou = best_iou;
-                best_iou = iou;
-                best_t = t;
-            } else if (iou > second_iou) {
-                second_iou = iou;
-            }
-        }
-    }
-    if (L->dec) {
-        cell_decision cd;
-        cd.pred = pred;
-        cd.best_iou = cd.best_match_iou = best_iou;
-        cd.second_iou = second_iou;
-        cd.max_class_prob = 0;
-        cd.best_truth = best_t;
-        cd.class_match = 1;
-        export_cell(L, b, a, j, i, &cd);
-    }
+    export_cell(L, b, a, j, i, pred, &s, best_iou, 0, 1);
+
     L->delta[obj] = 0 - L->output[obj];
     if (best_iou > c->ignore_thresh) {
         ref_mark(L, b, a, j, i, YREF_ROLE_IGNORED);
@@ -214,7 +228,7 @@ static void cell_pass_pjreddie(ref_layer *L, int b, int a, int j, int i)
         L->delta[obj] = 0;
     }
     if (best_iou > c->truth_thresh) {
-        ref_truth tr = ref_read_truth(L, b, best_t);
+        ref_truth tr = ref_read_truth(L, b, s.best_t);
         ref_mark(L, b, a, j, i, YREF_ROLE_TRUTH_THRESH);
         ref_count(L, YREF_BR_TRUTH_THRESH);
         L->delta[obj] = 1 - L->output[obj];
@@ -242,10 +256,8 @@ static rbox anchor_shape(const yref_config *c, int anchor)
     return s;
 }
 
-/* Step 2 for one truth assigned to anchor slot a (darknet's biases index
- * `anchor`) at cell (j, i): box, objectness and class deltas. */
-/* One truth-pass write, appended to the decision export (counted past the capacity, never stored there). */
-static void export_assignment(ref_layer *L, int b, int t, int a, int anchor, int j, int i, int extra, float iou)
+/* One step-2 write, appended to the export's assign rows (never past capacity). */
+static void export_assign(ref_layer *L, int b, int t, int a, int anchor, int j, int i, int extra, float iou)
 {
     yref_decisions *d = L->dec;
     if (!d)
@@ -265,6 +277,8 @@ static void export_assignment(ref_layer *L, int b, int t, int a, int anchor, int
     d->assign_count++;
 }
 
+/* Step 2 for one truth assigned to anchor slot a (darknet's biases index
+ * `anchor`) at cell (j, i): box, objectness and class deltas. */
 static void assign(ref_layer *L, image_sums *sums, ref_truth tr, int b, int t, int a, int anchor, int j, int i,
                    int extra)
 {
@@ -274,7 +288,6 @@ static void assign(ref_layer *L, image_sums *sums, ref_truth tr, int b, int t, i
     const float cm = pjreddie ? 1.0f : class_multiplier(c, tr.class_id);
     ref_ious ious = ref_delta_box(L, tr.box, b, a, anchor, j, i, 2 - tr.box.w * tr.box.h,
                                   pjreddie ? 1.0f : c->iou_normalizer * cm);
-    export_assignment(L, b, t, a, anchor, j, i, extra, ious.iou);
     if (!pjreddie)
         L->stats->total_bbox++;
     sums->tot_iou += ious.iou;
@@ -293,6 +306,7 @@ static void assign(ref_layer *L, image_sums *sums, ref_truth tr, int b, int t, i
     }
     ref_delta_class(L, b, a, j, i, tr.class_id);
     sums->count++;
+    export_assign(L, b, t, a, anchor, j, i, extra, ious.iou);
 }
 
 /* The cell of a truth centre: the float product truncated, as darknet does.
@@ -333,16 +347,11 @@ static int check_truths(ref_layer *L)
     return YREF_OK;
 }
 
-/* A used truth row into the decision export: its best anchor, cell and the
- * anchor IoUs (recomputed here with the same function and arguments as the
- * choice just made, so the same floats). */
-static void export_truth(ref_layer *L, int b, int t, rbox shape, int best_n, int i, int j)
+/* A used truth row's decisions: its cell and best anchor (step 2). */
+static void export_truth(ref_layer *L, int b, int t, int best_n, int i, int j)
 {
-    const yref_config *c = L->cfg;
     yref_decisions *d = L->dec;
-    const long row = (long)b * c->truth_rows + t;
-    const int pjreddie = c->flavor == YREF_PJREDDIE;
-    int n;
+    const long row = (long)b * L->cfg->truth_rows + t;
     if (!d)
         return;
     if (d->truth_used)
@@ -353,13 +362,13 @@ static void export_truth(ref_layer *L, int b, int t, rbox shape, int best_n, int
         d->truth_i[row] = i;
     if (d->truth_j)
         d->truth_j[row] = j;
-    for (n = 0; n < c->total; ++n) {
-        if (d->anchor_iou)
-            d->anchor_iou[row * c->total + n] = rbox_iou(anchor_shape(c, n), shape, pjreddie);
-        if (d->anchor_thresh_iou)
-            d->anchor_thresh_iou[row * c->total + n] =
-                pjreddie ? 0 : rbox_iou_kind(anchor_shape(c, n), shape, c->iou_thresh_kind);
-    }
+}
+
+/* One (truth row, anchor) value into a [batch, truth_rows, total] array, if wanted. */
+static void export_pair(ref_layer *L, float *arr, int b, int t, int n, float v)
+{
+    if (arr)
+        arr[((long)b * L->cfg->truth_rows + t) * L->cfg->total + n] = v;
 }
 
 /* Step 2 for one image. Returns a status (a truth outside the grid). */
@@ -368,6 +377,8 @@ static int truth_pass(ref_layer *L, int b, image_sums *sums)
     const yref_config *c = L->cfg;
     const int pjreddie = c->flavor == YREF_PJREDDIE;
     const int limit = ref_truth_limit(L);
+    yref_decisions *dec = L->dec;
+    const int want_thresh_iou = dec && dec->anchor_thresh_iou && !pjreddie;
     int t;
 
     for (t = 0; t < limit; ++t) {
@@ -391,12 +402,13 @@ static int truth_pass(ref_layer *L, int b, image_sums *sums)
         shape.x = shape.y = 0;
         for (n = 0; n < c->total; ++n) {
             const float iou = rbox_iou(anchor_shape(c, n), shape, pjreddie);
+            export_pair(L, dec ? dec->anchor_iou : NULL, b, t, n, iou);
             if (iou > best_iou) {
                 best_iou = iou;
                 best_n = n;
             }
         }
-        export_truth(L, b, t, shape, best_n, i, j);
+        export_truth(L, b, t, best_n, i, j);
         a = mask_slot(c, best_n);
         if (a >= 0) {
             ref_mark(L, b, a, j, i, YREF_ROLE_BEST_ANCHOR);
@@ -404,13 +416,19 @@ static int truth_pass(ref_layer *L, int b, image_sums *sums)
         } else {
             ref_count(L, YREF_BR_ANCHOR_OUTSIDE_MASK);
         }
-        if (pjreddie || !(c->iou_thresh < 1.0f))
+        if (pjreddie || (!(c->iou_thresh < 1.0f) && !want_thresh_iou))
             continue;
         for (n = 0; n < c->total; ++n) {
             const int slot = mask_slot(c, n);
-            if (slot < 0 || n == best_n)
+            /* darknet compares only mask anchors other than best_n, and only with iou_thresh < 1;
+             * the export asks for the value of every pair. */
+            const int compared = c->iou_thresh < 1.0f && slot >= 0 && n != best_n;
+            float kind_iou;
+            if (!compared && !want_thresh_iou)
                 continue;
-            if (rbox_iou_kind(anchor_shape(c, n), shape, c->iou_thresh_kind) > c->iou_thresh) {
+            kind_iou = rbox_iou_kind(anchor_shape(c, n), shape, c->iou_thresh_kind);
+            export_pair(L, want_thresh_iou ? dec->anchor_thresh_iou : NULL, b, t, n, kind_iou);
+            if (compared && kind_iou > c->iou_thresh) {
                 ref_mark(L, b, slot, j, i, YREF_ROLE_EXTRA_ANCHOR);
                 ref_count(L, YREF_BR_IOU_THRESH_EXTRA);
                 assign(L, sums, tr, b, t, slot, n, j, i, 1);
@@ -424,18 +442,29 @@ static int truth_pass(ref_layer *L, int b, image_sums *sums)
 }
 
 /* Step 3 for one image (AlexeyAB with iou_thresh < 1). */
+/* Step 3 for one image (AlexeyAB with iou_thresh < 1; darknet's
+ * averages_yolo_deltas). Every slot with a nonzero objectness delta is
+ * visited and counted; its class deltas are counted only where
+ * ref_delta_class wrote (elsewhere they are all 0: nothing to divide by). */
 static void averaging_pass(ref_layer *L, int b)
 {
     const yref_config *c = L->cfg;
     int i, j, a;
     for (j = 0; j < c->h; ++j)
         for (i = 0; i < c->w; ++i)
-            for (a = 0; a < c->n; ++a)
-                if (L->delta[ref_index(L, b, a, ENTRY_OBJ, j, i)] != 0) {
+            for (a = 0; a < c->n; ++a) {
+                long slot;
+                if (L->delta[ref_index(L, b, a, ENTRY_OBJ, j, i)] == 0)
+                    continue;
+                slot = ref_slot(L, b, a, j, i);
+                if (L->class_written[slot]) {
                     const int divisor = ref_average_box(L, b, a, j, i);
                     if (L->dec && L->dec->divisor)
-                        L->dec->divisor[ref_slot(L, b, a, j, i)] = divisor;
+                        L->dec->divisor[slot] = divisor;
+                } else {
+                    ref_count(L, YREF_BR_AVERAGING);  /* no class delta: nothing divided */
                 }
+            }
 }
 
 static int check_config(const yref_config *c, const float *input, const float *truth,
@@ -464,44 +493,37 @@ static int check_config(const yref_config *c, const float *input, const float *t
     return YREF_OK;
 }
 
-/* Initial values of the decision export: nothing decided yet. */
-static void clear_decisions(const yref_config *c, yref_decisions *d)
+/* Fill each wanted decision array with its "untouched" value. */
+static void init_decisions(ref_layer *L, long slots)
 {
-    const long slots = (long)c->batch * c->n * c->h * c->w;
+    yref_decisions *d = L->dec;
+    const yref_config *c = L->cfg;
     const long rows = (long)c->batch * c->truth_rows;
+    const long pairs = rows * c->total;
     long k;
-    if (d->best_iou)
-        memset(d->best_iou, 0, sizeof(float) * slots);
-    if (d->second_iou)
-        memset(d->second_iou, 0, sizeof(float) * slots);
-    if (d->best_match_iou)
-        memset(d->best_match_iou, 0, sizeof(float) * slots);
-    if (d->max_class_prob)
-        memset(d->max_class_prob, 0, sizeof(float) * slots);
-    if (d->class_match)
-        memset(d->class_match, 0, sizeof(int) * slots);
-    if (d->divisor)
-        memset(d->divisor, 0, sizeof(int) * slots);
-    if (d->pred_box)
-        memset(d->pred_box, 0, sizeof(float) * 4 * slots);
-    if (d->best_truth)
-        for (k = 0; k < slots; ++k)
-            d->best_truth[k] = -1;
-    if (d->truth_used)
-        memset(d->truth_used, 0, sizeof(int) * rows);
-    for (k = 0; k < rows; ++k) {
-        if (d->truth_best_anchor)
-            d->truth_best_anchor[k] = -1;
-        if (d->truth_i)
-            d->truth_i[k] = -1;
-        if (d->truth_j)
-            d->truth_j[k] = -1;
-    }
-    if (d->anchor_iou)
-        memset(d->anchor_iou, 0, sizeof(float) * rows * c->total);
-    if (d->anchor_thresh_iou)
-        memset(d->anchor_thresh_iou, 0, sizeof(float) * rows * c->total);
+    if (!d)
+        return;
     d->assign_count = 0;
+    for (k = 0; k < slots; ++k) {
+        if (d->best_iou) d->best_iou[k] = 0;
+        if (d->second_iou) d->second_iou[k] = 0;
+        if (d->best_truth) d->best_truth[k] = -1;
+        if (d->best_match_iou) d->best_match_iou[k] = 0;
+        if (d->max_class_prob) d->max_class_prob[k] = 0;
+        if (d->class_match) d->class_match[k] = 0;
+        if (d->divisor) d->divisor[k] = 0;
+        if (d->pred_box) d->pred_box[4 * k] = d->pred_box[4 * k + 1] = d->pred_box[4 * k + 2] = d->pred_box[4 * k + 3] = 0;
+    }
+    for (k = 0; k < rows; ++k) {
+        if (d->truth_used) d->truth_used[k] = 0;
+        if (d->truth_best_anchor) d->truth_best_anchor[k] = -1;
+        if (d->truth_i) d->truth_i[k] = -1;
+        if (d->truth_j) d->truth_j[k] = -1;
+    }
+    for (k = 0; k < pairs; ++k) {
+        if (d->anchor_iou) d->anchor_iou[k] = 0;
+        if (d->anchor_thresh_iou) d->anchor_thresh_iou[k] = 0;
+    }
 }
 
 int yref_forward(const yref_config *cfg, const float *input, const float *truth,
@@ -516,7 +538,9 @@ int yref_forward_decisions(const yref_config *cfg, const float *input, const flo
 {
     ref_layer L;
     int status = check_config(cfg, input, truth, output, delta, stats);
-    int b, a, j, i;
+    int b, a, j, i, limit;
+    long slots;
+    used_truth *truths;
     image_sums total = {0, 0, 0, 0};
     if (status != YREF_OK)
         return status;
@@ -528,38 +552,47 @@ int yref_forward_decisions(const yref_config *cfg, const float *input, const flo
     L.roles = roles;
     L.truth = truth;
     L.stats = stats;
-    L.dec = decisions;
-    if (decisions) {
-        if (decisions->assign_capacity < 0)
-            return YREF_ERR_SIZE;
-        clear_decisions(cfg, decisions);
-    }
     L.stride = (long)cfg->w * cfg->h;
     L.outputs = L.stride * cfg->n * (5 + cfg->classes);
     L.status = YREF_OK;
+    L.class_written = NULL;
+    L.dec = decisions;
     status = check_truths(&L);
     if (status != YREF_OK)
         return status;
 
+    /* Scratch: one image's used truths, and the class-written flags. */
+    limit = ref_truth_limit(&L);
+    slots = L.stride * cfg->n * cfg->batch;
+    truths = malloc(sizeof(*truths) * (size_t)(limit > 0 ? limit : 1));
+    L.class_written = calloc((size_t)slots, 1);
+    if (!truths || !L.class_written) {
+        free(truths);
+        free(L.class_written);
+        return YREF_ERR_MEMORY;
+    }
+
+    init_decisions(&L, slots);
     memcpy(output, input, sizeof(float) * L.outputs * cfg->batch);
     memset(delta, 0, sizeof(float) * L.outputs * cfg->batch);
     if (roles)
-        memset(roles, 0, sizeof(int) * L.stride * cfg->n * cfg->batch);
+        memset(roles, 0, sizeof(int) * slots);
     ref_activate(&L);
 
     for (b = 0; b < cfg->batch; ++b) {
         image_sums sums = {0, 0, 0, 0};
+        const int count = used_truths(&L, b, truths);
         for (j = 0; j < cfg->h; ++j)
             for (i = 0; i < cfg->w; ++i)
                 for (a = 0; a < cfg->n; ++a) {
                     if (cfg->flavor == YREF_PJREDDIE)
-                        cell_pass_pjreddie(&L, b, a, j, i);
+                        cell_pass_pjreddie(&L, b, a, j, i, truths, count);
                     else
-                        cell_pass_alexeyab(&L, b, a, j, i);
+                        cell_pass_alexeyab(&L, b, a, j, i, truths, count);
                 }
         status = truth_pass(&L, b, &sums);
         if (status != YREF_OK)
-            return status;
+            break;
         if (cfg->flavor == YREF_ALEXEYAB && cfg->iou_thresh < 1.0f)
             averaging_pass(&L, b);
         total.tot_iou += sums.tot_iou;
@@ -567,6 +600,10 @@ int yref_forward_decisions(const yref_config *cfg, const float *input, const flo
         total.tot_giou_loss += sums.tot_giou_loss;
         total.count += sums.count;
     }
+    free(truths);
+    free(L.class_written);
+    if (status != YREF_OK)
+        return status;
     if (L.status != YREF_OK)
         return L.status;
 

@@ -19,12 +19,17 @@ typedef struct ref_layer {
     float *output;
     float *delta;
     int *roles;                 /* may be NULL */
+    /* [batch, n, h, w]: 1 where ref_delta_class wrote. Only there can a class
+     * delta be nonzero (delta starts all 0, and every class write goes
+     * through ref_delta_class or follows it on the same slot), so the
+     * averaging pass counts positive class deltas only there. */
+    unsigned char *class_written;
+    yref_decisions *dec;        /* what to export, or NULL */
     const float *truth;
     yref_stats *stats;
     long stride;                /* w*h: distance between entries of one anchor */
     long outputs;               /* per image: n*(5+classes)*w*h */
     int status;                 /* first error seen (YREF_OK if none) */
-    yref_decisions *dec;        /* may be NULL */
 } ref_layer;
 
 /* One truth row as darknet reads it. */
@@ -58,10 +63,13 @@ static inline void ref_mark(ref_layer *L, int b, int a, int j, int i, int flag)
     L->roles[(((long)b * c->n + a) * c->h + j) * c->w + i] |= flag;
 }
 
-/* Offset of slot (b, a, j, i) in the per-slot arrays [batch, n, h, w]. */
+/* Offset of slot (a, j, i) of image b in [batch, n, h, w] arrays, or -1 when
+ * an argument is out of range. */
 static inline long ref_slot(const ref_layer *L, int b, int a, int j, int i)
 {
     const yref_config *c = L->cfg;
+    if (b < 0 || b >= c->batch || a < 0 || a >= c->n || j < 0 || j >= c->h || i < 0 || i >= c->w)
+        return -1;
     return (((long)b * c->n + a) * c->h + j) * c->w + i;
 }
 

@@ -14,7 +14,13 @@
  * Memory contract: yref_forward reads only input[0..batch*outputs),
  * truth[0..batch*truth_rows*truth_cols), biases[0..2*total), mask[0..n),
  * classes_multipliers[0..classes), and writes only output, delta and roles
- * within the same sizes. Inputs that would make darknet index outside its
+ * within the same sizes. yref_forward_decisions also writes, through each
+ * non-NULL pointer of its yref_decisions, exactly these many elements:
+ * batch*n*h*w (per-slot arrays; 4 times that for pred_box), batch*truth_rows
+ * (per-truth arrays), batch*truth_rows*total (per truth and anchor),
+ * 7*min(assign_count, assign_capacity) ints of assign and min(assign_count,
+ * assign_capacity) floats of assign_iou (never past assign_capacity rows), and
+ * reads nothing through them. Inputs that would make darknet index outside its
  * arrays (a truth centre outside [0,1), a class id outside [0,classes) in the
  * pjreddie flavor) are refused with a status code before anything is written
  * for that image; the Python wrapper refuses them earlier with a message.
@@ -40,6 +46,7 @@
 #define YREF_ERR_TRUTH_CELL 4    /* a used truth centre maps outside the grid */
 #define YREF_ERR_CLASS_ID 5      /* pjreddie: class id outside [0, classes) */
 #define YREF_ERR_OPTION 6        /* an enum option out of range */
+#define YREF_ERR_MEMORY 7        /* scratch memory could not be allocated */
 
 /* Per-cell decision flags written to `roles` ([batch, n, h, w]). */
 #define YREF_ROLE_IGNORED        (1 << 0)  /* best class-matching IoU > ignore_thresh */
@@ -111,44 +118,57 @@ typedef struct yref_stats {
 } yref_stats;
 
 /*
- * darknet's decisions, written by the pass that makes them. Every pointer may
- * be NULL (not wanted). Sizes: per slot batch*n*h*w entries (pred_box four
- * times that); per truth row batch*truth_rows; per row and anchor
- * batch*truth_rows*total; assign 7*assign_capacity ints and assign_iou
- * assign_capacity floats. Nothing is written past those sizes.
- */
-typedef struct yref_decisions {
-    /* per slot [batch, n, h, w] */
-    float *best_iou;        /* cell pass: best IoU of the predicted box over the used truths (0 if none > 0) */
-    float *second_iou;      /* the runner-up over the other truths (a tie equals best_iou); 0 if none */
-    int *best_truth;        /* the truth row giving best_iou; -1 when best_iou stayed 0 */
-    float *best_match_iou;  /* AlexeyAB: the best IoU the class-match test lets through; pjreddie: best_iou */
-    float *max_class_prob;  /* AlexeyAB: largest class probability (NaN never wins); pjreddie: 0 */
-    int *class_match;       /* AlexeyAB: some class probability > 0.25; pjreddie: 1 */
-    int *divisor;           /* averaging: classes the box delta was divided by; 0 where nothing was divided */
-    float *pred_box;        /* [.., 4] the predicted box x, y, w, h the cell pass compared */
-    /* per truth row [batch, truth_rows]; unused rows: 0 / -1 */
-    int *truth_used;        /* the truth pass uses the row */
-    int *truth_best_anchor; /* best anchor over all anchors by shape IoU (-1: unused) */
-    int *truth_i, *truth_j; /* its cell (-1: unused) */
-    /* per truth row and anchor [batch, truth_rows, total] */
-    float *anchor_iou;        /* the shape IoU that picks the best anchor */
-    float *anchor_thresh_iou; /* AlexeyAB: the iou_thresh_kind value compared with iou_thresh; pjreddie: 0 */
-    /* the truth pass's writes in darknet's order: b, t, a (mask slot), anchor, j, i, extra (iou_thresh) */
-    int *assign;
-    float *assign_iou;      /* IoU of the slot's prediction with the truth, per write */
-    long assign_capacity;   /* rows available */
-    long assign_count;      /* out: writes made (rows beyond the capacity are counted, not stored) */
-} yref_decisions;
-
-/*
  * Run the layer. output and delta have batch*n*(5+classes)*h*w floats;
  * roles (may be NULL) has batch*n*h*w ints. Returns YREF_OK or a status.
  */
 int yref_forward(const yref_config *cfg, const float *input, const float *truth,
                  float *output, float *delta, int *roles, yref_stats *stats);
 
-/* The same, also exporting the decisions (decisions may be NULL). */
+/*
+ * darknet's decisions, exported by the pass that makes each of them (not
+ * recomputed). Every pointer may be NULL (not wanted); each array is first
+ * filled with its "untouched" value (0, or -1 where stated). Written only
+ * when the call returns YREF_OK (on a refusal nothing is written).
+ */
+typedef struct yref_decisions {
+    /* per slot [batch, n, h, w], from the cell pass (step 1) */
+    float *best_iou;        /* best IoU of the slot's predicted box over the image's used truths
+                               (darknet's best_iou: starts at 0, strict >) */
+    float *second_iou;      /* runner-up: largest IoU over the other used truths (a tie with the
+                               best gives best_iou), 0 if none is > 0 */
+    int *best_truth;        /* truth row giving best_iou; -1 when best_iou stayed 0 */
+    float *best_match_iou;  /* AlexeyAB: best IoU the class-match test let through (darknet's
+                               best_match_iou); pjreddie: = best_iou */
+    float *max_class_prob;  /* AlexeyAB: largest activated class value of the slot, the quantity
+                               the "any class > 0.25" test compares (NaN values skipped; -inf if
+                               all are NaN), so class_match == (max_class_prob > 0.25); pjreddie: 0 */
+    int *class_match;       /* AlexeyAB: that test's result (1/0); pjreddie: 1 */
+    int *divisor;           /* averaging pass (step 3): the positive class-delta count the box
+                               delta was divided by; 0 where nothing was divided */
+    float *pred_box;        /* [.., 4]: the predicted box x, y, w, h the cell pass compared */
+    /* per truth row [batch, truth_rows], from the truth pass (step 2) */
+    int *truth_used;        /* 1 if the truth pass uses the row (before the x == 0 terminator,
+                               within max_boxes, AlexeyAB: class id in range) */
+    int *truth_best_anchor; /* best anchor over all `total` by shape IoU (darknet's best_n); -1 unused */
+    int *truth_i, *truth_j; /* the row's cell; -1 for unused rows */
+    /* per truth row and anchor [batch, truth_rows, total]; 0 for unused rows */
+    float *anchor_iou;      /* shape IoU (both boxes centred at 0) compared to pick best_n */
+    float *anchor_thresh_iou; /* AlexeyAB: the iou_thresh_kind IoU of the same pair, the value
+                               compared with iou_thresh (computed for every anchor when wanted,
+                               also when iou_thresh >= 1); pjreddie: 0 */
+    /* step-2 writes in darknet's order (a truth's best anchor, then its iou_thresh
+     * extras by anchor index; truth by truth, image by image). Row k is
+     * assign[7k .. 7k+6] = b, t, a (mask slot), anchor (biases index), j, i,
+     * extra (0 best anchor, 1 iou_thresh) */
+    int *assign;
+    float *assign_iou;      /* per write: IoU of the slot's prediction with the truth (delta_yolo_box's) */
+    long assign_capacity;   /* rows available; batch*truth_rows*n always suffices */
+    long assign_count;      /* out: rows darknet wrote (if > capacity, only the first
+                               capacity rows are stored) */
+} yref_decisions;
+
+/* yref_forward, also filling `decisions` (may be NULL: then exactly yref_forward).
+ * Output, delta, roles and stats do not depend on which decisions are asked for. */
 int yref_forward_decisions(const yref_config *cfg, const float *input, const float *truth,
                            float *output, float *delta, int *roles, yref_stats *stats,
                            yref_decisions *decisions);

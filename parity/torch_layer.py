@@ -486,6 +486,7 @@ def _truth_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
     N = asg.b.shape[0]
     stats["count_raw"] = stats["count_raw"] + N
     if N == 0:
+        asg.iou = torch.zeros(0, dtype=o.dtype, device=o.device)
         return
     b, a, j, i = asg.b, asg.a, asg.j, asg.i
     _mark(L, b[~asg.extra], a[~asg.extra], j[~asg.extra], i[~asg.extra], _roles.ROLE_BEST_ANCHOR)
@@ -687,6 +688,8 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
     _truth_pass(L, tr, stats)
     if L.alexeyab and _f32(config.iou_thresh) < 1.0:
         _averaging_pass(L)
+    else:       # no averaging pass: nothing divided anywhere
+        L.decisions.divisor = torch.zeros(B, n, H, W, dtype=torch.long, device=dev)
     _cost(L, stats)
     if delta_normalizer:
         delta = delta * _f32(config.delta_normalizer)

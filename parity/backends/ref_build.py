@@ -2,9 +2,8 @@
 
 The C sources ship as package data (``parity._csrc`` maps to ``darknet_ref/``)
 and are compiled on first use into a cache keyed by their hash
-(``parity.backends.c_reference.load_reference``), so an edit to the C never
-runs stale code and no install step needs a compiler. It imports the shared
-build pieces from ``parity.backends.native``, which never imports it back.
+(``parity.native.load_reference``), so an edit to the C never runs stale code
+and no install step needs a compiler.
 """
 from __future__ import annotations
 
@@ -14,10 +13,11 @@ from pathlib import Path
 
 import cffi
 
-from .. import roles
+from ..roles import ref_dir
 from .native import sanitize_flags
 
-REF_DIR = roles.ref_dir()
+
+REF_DIR = ref_dir()
 SOURCES = ("ref_activate.c", "ref_box.c", "ref_cost.c", "ref_deltas.c", "ref_forward.c", "ref_fpmode.c",
            "ref_truths.c")
 HEADERS = ("yolo_ref.h", "ref_box.h", "ref_layer.h")
@@ -58,6 +58,8 @@ typedef struct yref_stats {
     long long branches[%(branch_count)d];
 } yref_stats;
 
+int yref_forward(const yref_config *cfg, const float *input, const float *truth,
+                 float *output, float *delta, int *roles, yref_stats *stats);
 typedef struct yref_decisions {
     float *best_iou;
     float *second_iou;
@@ -78,8 +80,6 @@ typedef struct yref_decisions {
     long assign_count;
 } yref_decisions;
 
-int yref_forward(const yref_config *cfg, const float *input, const float *truth,
-                 float *output, float *delta, int *roles, yref_stats *stats);
 int yref_forward_decisions(const yref_config *cfg, const float *input, const float *truth,
                            float *output, float *delta, int *roles, yref_stats *stats,
                            yref_decisions *decisions);
