@@ -292,3 +292,14 @@ rbox_grad rbox_iou_grad(rbox pred, rbox truth, int kind)
     }
     return g;
 }
+
+float yref_box_iou(float ax, float ay, float aw, float ah, float bx, float by, float bw, float bh,
+                   int kind, int pjreddie)
+{
+    rbox a, b;
+    a.x = ax, a.y = ay, a.w = aw, a.h = ah;
+    b.x = bx, b.y = by, b.w = bw, b.h = bh;
+    if (kind == YREF_LOSS_IOU || kind == YREF_LOSS_MSE)
+        return rbox_iou(a, b, pjreddie);
+    return rbox_iou_kind(a, b, kind);
+}

@@ -173,6 +173,13 @@ int yref_forward_decisions(const yref_config *cfg, const float *input, const flo
                            float *output, float *delta, int *roles, yref_stats *stats,
                            yref_decisions *decisions);
 
+/* The reference's own overlap of two boxes (centre x, y, size w, h): kind
+ * YREF_LOSS_IOU with pjreddie's or AlexeyAB's box_iou, or the GIoU, DIoU or
+ * CIoU measure of iou_thresh_kind. Lets tools explain a decision with the
+ * very numbers darknet compared. */
+float yref_box_iou(float ax, float ay, float aw, float ah, float bx, float by, float bw, float bh,
+                   int kind, int pjreddie);
+
 /* Name of a branch counter, for reports ("ignore", "truth_thresh", ...). */
 const char *yref_branch_name(int branch);
 

@@ -28,7 +28,7 @@ from .errors import ParityError
 from .facts import ROLES, SlotFacts, slot_facts, slot_path, slot_roles
 from .result import LayerRun, LayerStats
 from .roles import ROLE_AVERAGED, ROLE_CLASSMATCH_BLOCKED, ROLE_IGNORED
-from .tolerance import TERMS, Tolerance, ToleranceRule, within
+from .tolerance import TERMS, Tolerance, ToleranceRule
 
 __all__ = ["add_exact", "compare", "ulps"]
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable

@@ -46,20 +46,7 @@ from parity.errors import ParityError  # noqa: E402
 from parity.backends.ground import FLAVOR_CODES, fill_layer_struct  # noqa: E402
 
 # The part of the API every commit has: enough to call yref_forward.
-_OLD_CDEF = _build_ref.CONFIG_CDEF + """
-typedef struct yref_stats {
-    float cost;
-    int count;
-    int assigned;
-    int rewritten_bbox, total_bbox;
-    float tot_iou, tot_iou_loss, tot_giou_loss;
-    float avg_iou;
-    float class_loss, iou_loss, total_loss;
-    long long branches[%(branch_count)d];
-} yref_stats;
-int yref_forward(const yref_config *cfg, const float *input, const float *truth,
-                 float *output, float *delta, int *roles, yref_stats *stats);
-"""
+_OLD_CDEF = _build_ref.CONFIG_CDEF + _build_ref.STATS_CDEF
 
 STATS_FIELDS = ("cost", "count", "assigned", "rewritten_bbox", "total_bbox", "tot_iou", "tot_iou_loss",
                 "tot_giou_loss", "avg_iou", "class_loss", "iou_loss", "total_loss")

@@ -17,7 +17,7 @@ from ..config import YoloConfig
 from ..errors import InputError
 from ..result import Assignments, Decisions, LayerRun, LayerStats
 from . import ref_build
-from .ground import new_layer_struct
+from .ground import LOSS_CODES, new_layer_struct
 from .native import load_cached
 
 _STATUS = {
@@ -102,6 +102,20 @@ def _decisions(dec: Any, arrays: dict[str, np.ndarray]) -> Decisions:
     rows = arrays["assign"][:count].astype(np.int64)
     asg = Assignments(*(rows[:, k] for k in range(6)), rows[:, 6].astype(bool), arrays["assign_iou"][:count].copy())
     return Decisions(**{k: v for k, v in arrays.items() if k not in ("assign", "assign_iou")}, assignments=asg)
+
+
+def box_overlap(box: Any, others: np.ndarray, kind: str = "iou", pjreddie: bool = False) -> np.ndarray:
+    """The reference's overlap of ``box`` (x, y, w, h) with each row of ``others`` ([N, 4]), in float32.
+
+    ``kind`` "iou" is darknet's box_iou (pjreddie's or AlexeyAB's); "giou",
+    "diou", "ciou" the iou_thresh_kind measures: the numbers darknet compares.
+    """
+    lib = load_reference().lib
+    code = LOSS_CODES[kind]
+    x, y, w, h = (float(v) for v in box)
+    rows = np.asarray(others, np.float32).reshape(-1, 4)
+    return np.array([lib.yref_box_iou(x, y, w, h, *(float(v) for v in row), code, int(pjreddie)) for row in rows],
+                    np.float32)
 
 
 def layer_stats(s: Any, flavor: str) -> LayerStats:

@@ -46,7 +46,8 @@ typedef struct yref_config {
 } yref_config;
 """
 
-CDEF = CONFIG_CDEF + """
+# The stats struct and the plain entry point: the API every version of the reference has.
+STATS_CDEF = """
 typedef struct yref_stats {
     float cost;
     int count;
@@ -60,6 +61,9 @@ typedef struct yref_stats {
 
 int yref_forward(const yref_config *cfg, const float *input, const float *truth,
                  float *output, float *delta, int *roles, yref_stats *stats);
+"""
+
+CDEF = CONFIG_CDEF + STATS_CDEF + """
 typedef struct yref_decisions {
     float *best_iou;
     float *second_iou;
@@ -83,6 +87,8 @@ typedef struct yref_decisions {
 int yref_forward_decisions(const yref_config *cfg, const float *input, const float *truth,
                            float *output, float *delta, int *roles, yref_stats *stats,
                            yref_decisions *decisions);
+float yref_box_iou(float ax, float ay, float aw, float ah, float bx, float by, float bw, float bh,
+                   int kind, int pjreddie);
 const char *yref_branch_name(int branch);
 unsigned yref_fp_mode(void);
 void yref_set_fp_mode(unsigned mode);

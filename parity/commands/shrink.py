@@ -27,7 +27,6 @@ from typing import Any
 
 from ..errors import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, ParityError
 from . import Command, add_reference_arguments
-from ..cases import case_from_spec
 from .explain import WIDTH, add_case_arguments, case_label
 from .harness_args import add_candidate_arguments, add_diff_arguments, run_options
 from .record import fill_from_reference, safe_name
@@ -91,6 +90,8 @@ class Shrink(Command):
         if args.max_steps < 0:
             raise ParityError(f"--max-steps {args.max_steps}: must be >= 0")
         console = Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else WIDTH)
+        from ..cases import case_from_spec   # lazy: the CLI's --help stays light
+
         case = case_from_spec(args.case, args.seed, args.profiles_file)
         label = case_label(case, args.case)
         opts = dataclasses.replace(run_options(args), diagnose=False, top_k=1)
