@@ -35,6 +35,7 @@ from .case import Case
 from .cfg import dump_yolo_cfg
 from .config import FLT_MAX, PJREDDIE_TRUTH_BOXES, YoloConfig
 from .errors import ParityError
+from .layer_input import active_rows
 
 # YOLOv3/v4 COCO anchors: realistic shapes for best-anchor assignment.
 COCO_ANCHORS = (10, 13, 16, 30, 33, 23, 30, 61, 62, 45, 59, 119, 116, 90, 156, 198, 373, 326)
@@ -538,8 +539,6 @@ def _size(rng: np.random.Generator, space: _TruthSpace, features: CaseFeatures, 
 def _head_input(rng: np.random.Generator, head: HeadGrid, truth: np.ndarray, flavor: str,
                 features: CaseFeatures) -> tuple[np.ndarray, set[str]]:
     """Random logits for one head, predictions planted over its truths, NaN/Inf."""
-    from .layer_input import active_rows
-
     config = head.config
     x = _base_logits(rng, config, flavor, truth.shape[0], head.grid_h, head.grid_w)
     active = active_rows(truth, config.max_boxes)

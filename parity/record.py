@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import __version__
 from .case import Case, case_bytes
 from .cfg import dump_yolo_cfg, load_cfg, parse_cfg, yolo_config_from_cfg
 from .config import YoloConfig
@@ -347,8 +348,6 @@ class Recorder:
             check_layer_input(config, x, truth, config.flavor)
         except InputError as exc:
             raise InputError(f"step {step}, head {index}: {exc}") from None
-        from . import __version__
-
         meta = {
             "implementation": IMPLEMENTATION,
             "flavor": config.flavor,

@@ -19,8 +19,10 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from .cfg import load_cfg, parse_cfg
 from .config import YoloConfig
 from .errors import InputError
+from .layer_input import active_rows
 from .result import LayerStats
 from .torch_layer import yolo_forward
 
@@ -91,8 +93,6 @@ def targets_from_rows(rows: Tensor, batch_size: int, max_boxes: int = 200) -> Te
 
 def rows_from_targets(truth: Tensor) -> Tensor:
     """Inverse of ``targets_from_rows`` for the boxes darknet would read."""
-    from .layer_input import active_rows
-
     active = torch.from_numpy(active_rows(truth.detach().cpu().numpy(), truth.shape[1])).to(truth.device)
     b, t = active.nonzero(as_tuple=True)
     picked = truth[b, t]
@@ -101,8 +101,6 @@ def rows_from_targets(truth: Tensor) -> Tensor:
 
 def _configs_from(spec: Any, flavor: str | None) -> list[YoloConfig]:
     """A cfg path, cfg text, one YoloConfig or a sequence of them -> one config per head."""
-    from .cfg import load_cfg, parse_cfg
-
     if isinstance(spec, YoloConfig):
         return [spec]
     if isinstance(spec, (str, os.PathLike)):

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from ..diff import TERMS, Cell
+from ..roles import ROLES
+
 if TYPE_CHECKING:  # the writers take result objects; only the table rows are built here
-    from ..diff import CaseDiff, Cell, Mismatch
+    from ..diff import CaseDiff, Mismatch
     from ..suite import SuiteResult
 
-BASE_TERMS = ("x", "y", "w", "h", "obj", "cls")          # parity.diff.TERMS, without importing torch
-BASE_ROLES = ("rewritten", "truth_thresh", "extra", "best", "ignored", "negative")   # parity.facts.ROLES
 _CONFIDENCE_WORDS = {"high": 3, "medium": 2, "moderate": 2, "low": 1}
 # Characters XML 1.0 allows: #x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] | [#x10000-#x10FFFF].
 _ILLEGAL_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -70,20 +71,16 @@ def counts(result: "SuiteResult") -> Counts:
 
 def term_key(term: str) -> tuple[int, int, str]:
     """darknet's entry order: x, y, w, h, obj, then classes (cls, cls0, cls1, ...)."""
-    if term in BASE_TERMS:
-        return (BASE_TERMS.index(term), -1, term)
+    if term in TERMS:
+        return (TERMS.index(term), -1, term)
     if term.startswith("cls") and term[3:].isdigit():
-        return (len(BASE_TERMS) - 1, int(term[3:]), term)
-    return (len(BASE_TERMS), 0, term)
+        return (len(TERMS) - 1, int(term[3:]), term)
+    return (len(TERMS), 0, term)
 
 
 def role_order() -> tuple[str, ...]:
-    """The diff's role order; falls back to a copy when parity.facts cannot be imported."""
-    try:
-        from ..facts import ROLES
-    except Exception:  # noqa: BLE001 - a report must render even where torch is missing
-        return BASE_ROLES
-    return tuple(ROLES)
+    """The diff's role order (``parity.roles.ROLES``)."""
+    return ROLES
 
 
 def _role_key(role: str, order: tuple[str, ...]) -> tuple[int, str]:
@@ -92,8 +89,6 @@ def _role_key(role: str, order: tuple[str, ...]) -> tuple[int, str]:
 
 def term_role_rows(result: "SuiteResult") -> list["Cell"]:
     """The term x role table over all cases, in darknet's term order and the diff's role order."""
-    from ..diff import Cell
-
     rows: dict[tuple[str, str], Cell] = {}
     for case in result.cases:
         for cell in case.cells:
