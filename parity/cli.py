@@ -8,9 +8,11 @@ Exit codes: 0 agreement, 1 mismatch, 2 usage or input error (a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
-from typing import Sequence
+import warnings
+from typing import Iterator, Sequence
 
 from .errors import EXIT_USAGE, ParityError
 
@@ -69,10 +71,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     command.add_arguments(sub)
     args = sub.parse_args(argv[1:])
     try:
-        return int(command.run(args))
+        with tool_warnings(f"darknet-parity {argv[0]}"):
+            return int(command.run(args))
     except ParityError as exc:
         print(f"darknet-parity {argv[0]}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+@contextlib.contextmanager
+def tool_warnings(prog: str) -> Iterator[None]:
+    """Warnings as the tool's own one-line messages on stderr, each distinct message once.
+
+    Python's default format (file, line and source of the warning call) is
+    for developers; a user wants what happened, once.
+    """
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        text = str(message)
+        if text not in seen:
+            seen.add(text)
+            print(f"{prog}: warning: {text}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")      # our own dedupe: per message, not per source line
+        warnings.showwarning = show
+        yield
 
 
 def entry() -> None:

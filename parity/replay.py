@@ -17,6 +17,7 @@ from .case import Case, load_case
 from .compare import compare
 from .diff import Agreement
 from .errors import ParityError
+from .recorded import locate
 from .reference import run_reference
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -24,14 +25,9 @@ FIXTURES_DIR = REPO_ROOT / "fixtures"
 
 
 def shared_recorded_dir() -> Path | None:
-    """The real-darknet dev set: ``$DARKNET_PARITY_RECORDED`` or ``../shared/recorded``."""
-    env = os.environ.get("DARKNET_PARITY_RECORDED")
-    candidates = [Path(env)] if env else []
-    candidates += [REPO_ROOT.parent / "shared" / "recorded", REPO_ROOT / "shared" / "recorded"]
-    for path in candidates:
-        if path.is_dir():
-            return path
-    return None
+    """The real-darknet dev set (``parity.recorded.locate``): ``$DARKNET_PARITY_RECORDED`` or
+    ``../shared/recorded``; None when the default folder is absent."""
+    return locate().path
 
 
 def case_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:

@@ -228,6 +228,7 @@ class SuiteResult:
     seconds: float = 0.0
     shards: list[str] = field(default_factory=list)
     require_coverage: bool = False        # missing branch coverage fails the run (else it is only reported)
+    notes: list[str] = field(default_factory=list)   # what the run did NOT check, said in the summary
 
     @property
     def failed(self) -> list[CaseDiff]:
@@ -251,7 +252,8 @@ class SuiteResult:
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "passed": self.passed, "cases": [c.to_json() for c in self.cases],
                 "coverage": self.coverage, "enabled": self.enabled, "options": self.options, "rule": self.rule,
-                "seconds": self.seconds, "shards": self.shards, "require_coverage": self.require_coverage}
+                "seconds": self.seconds, "shards": self.shards, "require_coverage": self.require_coverage,
+                "notes": self.notes}
 
     def save(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -268,7 +270,8 @@ class SuiteResult:
         try:
             return cls([CaseDiff.from_json(c) for c in data["cases"]], data["coverage"], data["enabled"],
                        data.get("options", {}), data.get("rule", ""), data.get("seconds", 0.0),
-                       data.get("shards", []), bool(data.get("require_coverage", False)))
+                       data.get("shards", []), bool(data.get("require_coverage", False)),
+                       list(data.get("notes", [])))
         except (KeyError, TypeError, ValueError) as exc:
             raise ParityError(f"{path}: a damaged suite result ({type(exc).__name__}: {exc})") from None
 
@@ -361,4 +364,5 @@ def merge(results: Iterable[SuiteResult]) -> SuiteResult:
         merged.seconds += res.seconds
         merged.shards += res.shards
         merged.require_coverage = merged.require_coverage or res.require_coverage
+        merged.notes += [n for n in res.notes if n not in merged.notes]
     return merged

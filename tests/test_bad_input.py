@@ -651,9 +651,11 @@ def test_run_with_a_library_that_does_not_link_exits_2(tmp_path, capsys):
 ])
 @pytest.mark.filterwarnings("ignore::parity.errors.DarknetInputWarning")  # its random cases hold such rows
 def test_verify_reference_with_a_bad_darknet_library_exits_2(tmp_path, capsys, args, fragment):
-    empty = tmp_path / "recorded"
-    empty.mkdir()
-    argv = ["verify-reference", "--recorded", str(empty), "--libdarknet-cases", "1", *args(tmp_path)]
+    one = tmp_path / "recorded"            # a one-case dev set, so the library check is what fails
+    one.mkdir()
+    shutil.copy(Path(__file__).resolve().parent.parent / "fixtures" / "generated" / "random-2024-9.npz",
+                one / "case.npz")
+    argv = ["verify-reference", "--recorded", str(one), "--libdarknet-cases", "1", *args(tmp_path)]
     assert main(argv) == 2
     assert fragment in capsys.readouterr().err
 

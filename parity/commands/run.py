@@ -54,9 +54,14 @@ class Run(Command):
         from ..profiles import default_profile_names
         from ..suite import run_suite
 
+        from ..recorded import locate
+
         profiles, replay = list(args.profile), list(args.replay)
+        notes = []
         if not (profiles or args.cfg or replay):
             profiles, replay = ["all"], default_recordings()
+            found = locate()
+            notes += [found.note] if found.note else []
         if profiles == ["all"]:
             profiles = default_profile_names()
         opts = run_options(args)
@@ -65,6 +70,7 @@ class Run(Command):
         preflight(opts)
         result = run_suite(refs, opts, jobs=max(1, args.jobs), progress=_progress(len(refs)),
                            shard_spec=args.shard)
+        result.notes += notes
         return report(result, args, "run")
 
 
@@ -82,9 +88,10 @@ def preflight(opts) -> None:
 
 def default_recordings() -> list[str]:
     """Recorded cases the default suite replays: fixtures/ and the recorded dev set, where present."""
-    from ..replay import FIXTURES_DIR, shared_recorded_dir
+    from ..recorded import locate
+    from ..replay import FIXTURES_DIR
 
-    found = [d for d in (FIXTURES_DIR, shared_recorded_dir()) if d is not None and any(d.rglob("*.npz"))]
+    found = [d for d in (FIXTURES_DIR, locate().path) if d is not None and any(d.rglob("*.npz"))]
     return [str(d) for d in found]
 
 

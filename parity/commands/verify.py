@@ -16,7 +16,8 @@ import numpy as np
 from ..compare import compare
 from ..diff import Agreement
 from ..errors import EXIT_MISMATCH, EXIT_OK, ParityError
-from ..replay import FIXTURES_DIR, replay_paths, shared_recorded_dir
+from ..recorded import locate
+from ..replay import FIXTURES_DIR, replay_paths
 from ..summary import agreement_table, totals_line
 from . import Command
 
@@ -58,11 +59,11 @@ class VerifyReference(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         ok = True
-        recorded = Path(args.recorded) if args.recorded else shared_recorded_dir()
-        groups = sorted({p.parent for root in (recorded, FIXTURES_DIR) if root is not None and root.is_dir()
+        found = locate(args.recorded)
+        if found.note:
+            print(f"note: {found.note}")
+        groups = sorted({p.parent for root in (found.path, FIXTURES_DIR) if root is not None and root.is_dir()
                          for p in root.rglob("*.npz")})
-        if not groups:
-            print("recorded dev set: skipped (no ../shared/recorded; set DARKNET_PARITY_RECORDED)")
         for folder in groups:
             results = list(replay_paths([folder]))
             shown = results if args.verbose else [r for r in results if not (r or r.skipped)]

@@ -53,6 +53,8 @@ def render_text(result: "SuiteResult", *, console: Console | None = None, verbos
     if skipped:
         console.print(_skipped_block(skipped, None if verbose else max_cases))
     console.print(_verdict(result))
+    for note in getattr(result, "notes", []):
+        console.print(_t(f"note: {note}", style="bold yellow"))
 
 
 def _t(value: object, style: str = "") -> Text:
