@@ -47,7 +47,7 @@ from .cfg import dump_yolo_cfg, load_cfg, parse_cfg, yolo_config_from_cfg
 from .config import YoloConfig
 from .errors import InputError, ParityError
 from .layer_input import check_layer_input
-from .torch_loss import targets_from_rows
+from .targets import targets_from_rows
 
 IMPLEMENTATION = "user PyTorch model (parity.record.Recorder)"
 LAYOUTS = ("nchw", "bnhwc")

@@ -10,7 +10,10 @@ See ``parity.torch_layer`` (the forward pass) and ``parity.torch_loss``
 from __future__ import annotations
 
 from .torch_layer import logistic, yolo_forward
-from .torch_loss import DarknetYoloLoss, darknet_yolo_cost, rows_from_targets, targets_from_rows
+from .targets import (read_rows, rows_from_targets, targets_from_rows, truth_from_lists,  # noqa: F401
+                      truth_from_rows)
+from .torch_loss import DarknetYoloLoss, darknet_yolo_cost
 
-__all__ = ["DarknetYoloLoss", "darknet_yolo_cost", "logistic", "rows_from_targets", "targets_from_rows",
+__all__ = ["DarknetYoloLoss", "darknet_yolo_cost", "logistic", "read_rows", "rows_from_targets", "targets_from_rows",
+           "truth_from_lists", "truth_from_rows",
            "yolo_forward"]

@@ -22,8 +22,8 @@ from torch.autograd.function import once_differentiable
 from .cfg import load_cfg, parse_cfg
 from .config import YoloConfig
 from .errors import InputError
-from .layer_input import active_rows
 from .result import LayerStats
+from .targets import targets_from_rows
 from .torch_layer import yolo_forward
 
 
@@ -56,47 +56,6 @@ def darknet_yolo_cost(head: Tensor, truth: Tensor, config: YoloConfig, flavor: s
     with torch.no_grad():
         run = yolo_forward(head, truth, config, flavor or config.flavor, delta_normalizer=delta_normalizer)
     return _DarknetGradient.apply(head, run.stats.cost, run.delta), run.delta, run.stats
-
-
-def targets_from_rows(rows: Tensor, batch_size: int, max_boxes: int = 200) -> Tensor:
-    """``[N, 6]`` rows ``(image_index, class, x, y, w, h)`` -> darknet truth ``[batch, max_boxes, 6]``.
-
-    The layout of most PyTorch YOLO codebases (ultralytics-style targets) to
-    darknet's: per image, boxes in their row order, ``x, y, w, h, class, 0``,
-    zero-padded. darknet stops reading an image's boxes at the first with
-    ``x == 0`` and keeps at most ``max_boxes``: both rules then apply to the
-    converted tensor exactly as they would in darknet (a warning says when
-    boxes were dropped for ``max_boxes``).
-    """
-    if rows.dim() != 2 or rows.shape[1] != 6:
-        raise InputError(f"targets: shape {tuple(rows.shape)}, expected [N, 6] rows "
-                         "(image_index, class, x, y, w, h)")
-    img = rows[:, 0].to(torch.long)
-    if rows.shape[0] and (int(img.min()) < 0 or int(img.max()) >= batch_size):
-        raise InputError(f"targets: image indices must lie in [0, {batch_size}), got "
-                         f"[{int(img.min())}, {int(img.max())}]")
-    order = torch.argsort(img, stable=True)
-    img_sorted = img[order]
-    counts = torch.bincount(img_sorted, minlength=batch_size)
-    starts = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(img_sorted.shape[0], device=rows.device) - starts[img_sorted]
-    keep = slot < max_boxes
-    if not bool(keep.all()):
-        warnings.warn(f"targets: {int((~keep).sum())} boxes beyond max={max_boxes} per image dropped "
-                      "(darknet reads at most max boxes)", stacklevel=2)
-    truth = torch.zeros(batch_size, max_boxes, 6, dtype=torch.float32, device=rows.device)
-    src = rows[order][keep].to(torch.float32)
-    truth[img_sorted[keep], slot[keep], 0:4] = src[:, 2:6]
-    truth[img_sorted[keep], slot[keep], 4] = src[:, 1]
-    return truth
-
-
-def rows_from_targets(truth: Tensor) -> Tensor:
-    """Inverse of ``targets_from_rows`` for the boxes darknet would read."""
-    active = torch.from_numpy(active_rows(truth.detach().cpu().numpy(), truth.shape[1])).to(truth.device)
-    b, t = active.nonzero(as_tuple=True)
-    picked = truth[b, t]
-    return torch.stack([b.to(truth.dtype), picked[:, 4], picked[:, 0], picked[:, 1], picked[:, 2], picked[:, 3]], 1)
 
 
 def _configs_from(spec: Any, flavor: str | None) -> list[YoloConfig]:

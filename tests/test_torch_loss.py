@@ -10,6 +10,7 @@ import torch
 
 from parity.tolerance import within
 from parity.cfg import parse_cfg
+from parity.config import YoloConfig
 from parity.errors import InputError
 from parity.generate import random_case, random_config
 from parity.reference import run_reference
@@ -117,7 +118,7 @@ class TestTargets:
         expected[1, 0] = torch.tensor([0.1, 0.2, 0.3, 0.4, 4, 0])
         expected[1, 1] = torch.tensor([0.9, 0.8, 0.1, 0.1, 0, 0])
         torch.testing.assert_close(truth, expected)
-        back = rows_from_targets(truth)
+        back = rows_from_targets(truth, YoloConfig(classes=5, max_boxes=3))
         torch.testing.assert_close(back[torch.argsort(back[:, 0], stable=True)], rows[[1, 0, 2]])
 
     def test_more_boxes_than_max_are_dropped_with_a_warning(self):
