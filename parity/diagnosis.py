@@ -99,12 +99,52 @@ def diagnose(case: Case, reference: LayerRun, cand_delta: np.ndarray, facts: Slo
     views = (ref.delta.reshape(shape), cand_delta.reshape(shape), case.input.reshape(shape),
              ref.output.reshape(shape))
     failing = diff.mask if diff.mask is not None else np.zeros(shape, bool)
-    causes = list(_decision_causes(views, facts, failing))
+    causes = list(_nonfinite_causes(views, failing))
+    failing = failing & np.isfinite(views[1])     # the rest is read from finite values only
+    causes += list(_decision_causes(views, facts, failing))
     causes += _value_causes(views, facts, failing)
     if not causes and failing.any():
         causes.append(_unexplained_where(views, failing))
     causes.sort(key=lambda c: -c.confidence)
     return _dedupe(causes)
+
+
+# How darknet keeps each term's delta finite where the input is not.
+_GUARDS = {
+    "x": "its box delta is set to 0 where not finite (fix_nan_inf in delta_yolo_box)",
+    "y": "its box delta is set to 0 where not finite (fix_nan_inf in delta_yolo_box)",
+    "w": "its box delta is set to 0 where not finite (fix_nan_inf in delta_yolo_box)",
+    "h": "its box delta is set to 0 where not finite (fix_nan_inf in delta_yolo_box)",
+    "obj": "a non-finite objectness is zeroed in the output before its delta is written "
+           "(the isnan/isinf check in forward_yolo_layer's truth loop)",
+    "cls": "delta_yolo_class keeps the previous delta where the new one is not finite",
+}
+
+
+def _nonfinite_causes(views: tuple[np.ndarray, ...], failing: np.ndarray) -> Iterator[Cause]:
+    """The candidate returns NaN/Inf where darknet's delta is finite: name the input that holds it."""
+    ref, cand, raw, _ = views
+    bad = failing & ~np.isfinite(cand) & np.isfinite(ref)
+    if not bad.any():
+        return
+    where_in = np.argwhere(~np.isfinite(raw))
+    if where_in.size:
+        b, a, e, j, i = (int(v) for v in where_in[0])
+        holds = (f"the input holds {float(raw[b, a, e, j, i])!r} at image {b}, anchor {a}, entry {e}, "
+                 f"cell (j={j}, i={i}) ({len(where_in)} non-finite input element(s))")
+    else:
+        holds = "the input is finite: the candidate makes NaN/Inf itself"
+    b, a, e, j, i = (int(v) for v in np.argwhere(bad)[0])
+    term = ("x", "y", "w", "h", "obj")[e] if e < 5 else "cls"
+    if where_in.size:
+        words = (f"{holds}; darknet's delta stays finite there ({_GUARDS[term]}); yours returns "
+                 f"{float(cand[b, a, e, j, i])!r}. Guard the same way, or leave such cases out with --finite-only")
+    else:
+        words = (f"{holds} (darknet's delta there is {float(ref[b, a, e, j, i])!r}, yours "
+                 f"{float(cand[b, a, e, j, i])!r})")
+    yield Cause(term, "nonfinite", words,
+                f"{int(bad.sum())} NaN/Inf element(s) where darknet's delta is finite; first at image {b}, "
+                f"anchor {a}, cell (j={j}, i={i}), term {term}", 1.0)
 
 
 def _unexplained_where(views: tuple[np.ndarray, ...], failing: np.ndarray) -> Cause:

@@ -46,6 +46,7 @@ OPT_CASES = "--darknet-parity-cases"
 OPT_SEED = "--darknet-parity-seed"
 OPT_REPORT = "--darknet-parity-report"
 OPT_COVERAGE = "--darknet-parity-require-coverage"
+OPT_FINITE = "--darknet-parity-finite-only"
 INI_CASES = "darknet_parity_cases"
 INI_SEED = "darknet_parity_seed"
 INI_REPORT = "darknet_parity_report"
@@ -75,6 +76,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=f"seed of the generated cases; default: ini {INI_SEED} or {DEFAULT_SEED}")
     group.addoption(OPT_REPORT, action="store", default=None, metavar="DIR",
                     help=f"write a JSON and an HTML report per check into DIR; default: ini {INI_REPORT}")
+    group.addoption(OPT_FINITE, action="store_true", default=None,
+                    help="leave out cases whose input holds NaN/Inf (same as `darknet-parity run --finite-only`)")
     group.addoption(OPT_COVERAGE, action="store_true", default=None,
                     help="fail a check when a darknet branch its configs enable is never reached (always "
                          "reported); same policy as `darknet-parity run --require-coverage`")
@@ -150,9 +153,10 @@ class ParitySession:
     """
 
     def __init__(self, config: pytest.Config, cases: int, seed: int, report_dir: Path | None,
-                 require_coverage: bool = False) -> None:
+                 require_coverage: bool = False, finite_only: bool = False) -> None:
         self.config = config
         self.require_coverage = require_coverage
+        self.finite_only = finite_only
         self.cases = cases
         self.seed = seed
         self.report_dir = report_dir
@@ -171,7 +175,8 @@ class ParitySession:
             report_dir = Path(report).expanduser()
             if not report_dir.is_absolute():
                 report_dir = Path(config.invocation_params.dir) / report_dir
-        return cls(config, cases, seed, report_dir, bool(config.getoption(OPT_COVERAGE)))
+        return cls(config, cases, seed, report_dir, bool(config.getoption(OPT_COVERAGE)),
+                   bool(config.getoption(OPT_FINITE)))
 
     # settings per test: session options, then the marker (closest last wins)
     def settings(self, item: pytest.Item) -> dict[str, int]:
@@ -264,7 +269,8 @@ class DarknetParity:
     def check(self, fn: Callable[..., Any] | str, *, cfg: str | os.PathLike[str] | None = None,
               profile: str | None = None, config: "YoloConfig | None" = None, cases: int | None = None,
               seed: int | None = None, convention: str | None = None, layout: str = "nchw",
-              flavor: str | None = None, device: str = "cpu", tolerances: Any = None) -> "SuiteResult":
+              flavor: str | None = None, device: str = "cpu", tolerances: Any = None,
+              finite_only: bool = False) -> "SuiteResult":
         """Compare ``fn`` with darknet's [yolo] layer; fail the test on any failing case.
 
         ``fn(input, truth, config)`` returns darknet's delta, a gradient or a
@@ -275,7 +281,9 @@ class DarknetParity:
         ``profile`` (a name from ``parity/profiles.yaml``) or ``config`` (one
         ``YoloConfig``, random grids) names the cases; ``cases`` samples are
         generated from ``seed``. ``tolerances`` is a tolerance YAML file or a
-        ``parity.diff.ToleranceRule``. Returns the ``SuiteResult``.
+        ``parity.tolerance.ToleranceRule``. ``finite_only`` (or the option
+        --darknet-parity-finite-only) leaves out cases whose input holds
+        NaN/Inf. Returns the ``SuiteResult``.
         """
         given = [name for name, value in (("cfg", cfg), ("profile", profile), ("config", config))
                  if value is not None]
@@ -308,7 +316,8 @@ class DarknetParity:
             source, sweep = _config_sweep(config, count, seed, flavor)
 
         opts = RunOptions(candidate=candidate.name, convention=candidate.convention, layout=layout, device=device,
-                          tolerances=tol_path, require_coverage=self._session.require_coverage)
+                          tolerances=tol_path, require_coverage=self._session.require_coverage,
+                          finite_only=finite_only or self._session.finite_only)
         result = run_suite(sweep, opts, candidate=candidate, rule=rule,
                            options={"source": source, "cases": count, "seed": seed})
         self.results.append(result)

@@ -711,10 +711,6 @@ CANDIDATE_ROWS = [
     # the backward pass raises
     pytest.param("{broken}:failing_backward", "loss", "raised in backward: RuntimeError: backward exploded",
                  id="failing-backward"),
-    # NaN/Inf where darknet's delta is finite: an error, not a value mismatch
-    pytest.param("{tmp}/nan_port.py:loss", "delta",
-                 "returned 2 NaN/Inf values where darknet's delta is finite (first at image 0, anchor 0, "
-                 "cell (j=0, i=1), term x", id="returns-nan"),
     # module:callable that does not exist, in each part
     pytest.param("no_such_module_for_parity:loss", None, "candidate module 'no_such_module_for_parity' not found",
                  id="missing-module"),
@@ -743,12 +739,47 @@ def test_a_bad_candidate_exits_2_with_a_clear_message(tmp_path, capsys, spec, co
     assert _spec(message, tmp_path) in err and "Traceback" not in err, err
 
 
-def test_replay_with_a_candidate_returning_nan_exits_2(tmp_path, capsys):
+def test_nan_where_darknet_is_finite_is_a_mismatch_explained_in_words(tmp_path, capsys, monkeypatch):
+    # Not a usage error: the candidate differs from darknet.
+    monkeypatch.setenv("COLUMNS", "400")
+    spec = f"{_nan_module(tmp_path)}:loss"
+    assert main(["run", "--profile", "yolov4-tiny", "--cases", "1", "--candidate", spec, "--convention", "delta"]) == 1
+    out = capsys.readouterr().out
+    assert "the candidate makes NaN/Inf itself" in out and "cause nonfinite" in out
+
+
+def test_nan_from_a_nan_input_names_the_input_and_darknets_guard():
+    from parity.candidates import Candidate
+    from parity.generate import random_case, random_config
+
+    def propagates(x, t, c):        # darknet's delta, except NaN wherever the input is not finite
+        from parity.candidates import parity_delta
+        d = parity_delta(x, t, c).clone()
+        d[~torch.isfinite(x)] = float("nan")
+        return d
+    for seed in range(40):
+        case = random_case(seed, random_config(np.random.default_rng([12, seed]), "alexeyab"), nonfinite=3)
+        res = compare_case(case, RunOptions(), candidate=Candidate("propagates", propagates, "delta"))
+        if not res.passed:
+            break
+    else:
+        pytest.skip("no seed where darknet's delta stays finite at a NaN input")
+    text = " ".join(c["message"] for c in res.causes if c["cause"] == "nonfinite")
+    assert "the input holds" in text and "darknet's delta stays finite there" in text and "--finite-only" in text
+
+
+def test_replay_with_a_candidate_returning_nan_exits_1(tmp_path, capsys):
     _quirky_case(tmp_path, "a.npz")
     spec = f"{_nan_module(tmp_path)}:loss"
-    assert main(["replay", str(tmp_path / "a.npz"), "--candidate", spec, "--convention", "delta"]) == 2
-    err = capsys.readouterr().err
-    assert "1 of 1 case(s) could not be compared" in err and "NaN/Inf values where darknet's delta is finite" in err
+    assert main(["replay", str(tmp_path / "a.npz"), "--candidate", spec, "--convention", "delta"]) == 1
+    assert "could not be compared" not in capsys.readouterr().err
+
+
+def test_finite_only_leaves_out_non_finite_inputs_and_says_so(capsys):
+    # yolov4-tiny's forced samples plant NaN/Inf logits in some cases; the naive loss propagates them.
+    assert main(["run", "--profile", "yolov4-tiny", "--cases", "4", "--candidate", "parity", "--finite-only"]) == 0
+    out = capsys.readouterr().out
+    assert "whose input holds NaN/Inf were left out (--finite-only)" in out
 
 
 def test_nan_where_darknet_is_nan_too_is_not_an_error():

@@ -32,6 +32,9 @@ def add_diff_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tolerances", metavar="YAML", help="per-term tolerance file (default: parity/tolerances.yaml)")
     group.add_argument("--per-class", action="store_true", help="split the class term per class")
     group.add_argument("--top-k", type=int, default=10, metavar="K", help="mismatches listed per case (default 10)")
+    group.add_argument("--finite-only", action="store_true",
+                       help="leave out cases whose input holds NaN/Inf (darknet's guards keep its delta finite "
+                            "there; most ports return NaN); the summary says how many")
     group.add_argument("--require-coverage", action="store_true",
                        help="fail (exit 1) when a darknet branch a profile's configs enable is never reached "
                             "(always reported; `make parity` sets this)")
@@ -45,4 +48,5 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         darknet_include=getattr(args, "darknet_include", None), tolerances=args.tolerances,
         per_class=args.per_class, top_k=args.top_k,
         profiles_extra=tuple(getattr(args, "profiles_file", None) or ()),
-        require_coverage=bool(getattr(args, "require_coverage", False)))
+        require_coverage=bool(getattr(args, "require_coverage", False)),
+        finite_only=bool(getattr(args, "finite_only", False)))
