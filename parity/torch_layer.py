@@ -15,11 +15,17 @@ order by a loop over their *rank within the slot* (1 for most slots, at most
 the number of truths sharing one cell), each step vectorized over all slots.
 Precision follows darknet: float32, with the double steps (``exp`` in box
 decoding, ``log``/``sqrt`` of MSE targets, the logistic's exp) done in
-float64 and rounded once. Host syncs: building the assignment list and the
-rank loop need sizes on the host (a handful of ``.item()``/``nonzero`` calls).
+float64 and rounded once. Host syncs on a GPU: one, the host copy of the
+truth (none when it is given on the host). Everything that depends on the
+truths only (which rows count, the assignment list, the ranks within a slot)
+is planned on the host; list sizes that depend on predictions are avoided by
+masked writes over every slot (truth_thresh, averaging) and by scattered
+counts for role bits. The cost's exact float32 running sum needs the delta
+on the host, so on a GPU the cost is the float64 sum (see ``_magnitude``).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +64,30 @@ def _div(t: Tensor, divisor: float) -> Tensor:
     not darknet's division (1 ulp off for divisors like 7 or 608, amplified
     by the IoU derivative's cancellations); a 0-d device tensor divides exactly.
     """
-    return t / torch.tensor(divisor, dtype=t.dtype, device=t.device)
+    return t / _const(divisor, t)
+
+
+def _host_paths(t: Tensor) -> bool:
+    """Whether ``t``'s passes may size lists on the host (CPU: syncs are free there).
+
+    Elsewhere the sync-free paths run; tests force them on the CPU to check
+    they give the same results and call nothing that would sync a GPU.
+    """
+    return t.device.type == "cpu"
+
+
+def _const(value: float, like: Tensor) -> Tensor:
+    """A 0-d tensor on ``like``'s device, filled there (no host-to-device copy, no sync)."""
+    return torch.full((), value, dtype=like.dtype, device=like.device)
+
+
+def _to_device(t: Tensor, dev: torch.device) -> Tensor:
+    """A host tensor on ``dev`` without a host sync (pinned, asynchronous copy on CUDA)."""
+    if dev.type == "cpu":
+        return t
+    if dev.type == "cuda":
+        return t.pin_memory().to(dev, non_blocking=True)
+    return t.to(dev)
 
 
 def _exp_f32(v: Tensor) -> Tensor:
@@ -90,6 +119,7 @@ class _Layer:
     anchors: Tensor  # [total, 2] float32 pixels
     mask: Tensor     # [n] long
     mult: Tensor | None  # [C] float32 class multipliers
+    host_anchors: Tensor     # [total, 2] on the host: the truth-only planning runs there
     decisions: Decisions = field(default_factory=Decisions)   # filled by the passes that decide
 
     @property
@@ -114,9 +144,7 @@ def _logistic_(flat: Tensor, flavor: str) -> None:
         if flavor == "pjreddie":
             part.copy_(e.add_(1.0).reciprocal_())
         else:
-            part.copy_(e)
-    if flavor != "pjreddie":
-        flat.add_(1.0).reciprocal_()
+            part.copy_(e).add_(1.0).reciprocal_()   # while the chunk is in cache
 
 
 def _activate(L: _Layer) -> None:
@@ -179,6 +207,10 @@ class _Truths:
     active: Tensor    # [B, T] bool (read before the terminator, class possibly out of range)
     class_ok: Tensor  # [B, T] bool (class id within [0, classes))
 
+    def to(self, dev: torch.device) -> "_Truths":
+        return _Truths(Boxes(*(_to_device(c, dev) for c in self.box)),
+                       *(_to_device(v, dev) for v in (self.cls, self.valid, self.active, self.class_ok)))
+
 
 def _read_truths(L: _Layer, truth: Tensor) -> _Truths:
     rows = min(L.config.max_boxes, truth.shape[1])
@@ -219,8 +251,8 @@ def _ignore_search(L: _Layer, pred: Boxes, tr: _Truths) -> tuple[Tensor, Tensor]
     best_t = torch.zeros(B, P, dtype=torch.long, device=dev)
     if T == 0:
         return best.view(B, L.n, L.H, L.W), best_t.view(B, L.n, L.H, L.W)
-    inf = torch.tensor(float("inf"), dtype=dt, device=dev)
-    far = torch.tensor(-10.0, dtype=dt, device=dev)
+    inf = _const(float("inf"), best)
+    far = _const(-10.0, best)
 
     def pred_edges(c: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         lo, hi = (c - s / 2).reshape(B, P, 1), (c + s / 2).reshape(B, P, 1)
@@ -328,7 +360,7 @@ def _record_truth_decisions(L: _Layer, tr: _Truths, b: Tensor, t: Tensor, i: Ten
                             anchor_iou: Tensor) -> None:
     """Per truth row: used, best anchor over all anchors, cell, and the anchor IoUs that chose it."""
     B, T = tr.valid.shape
-    dev = L.output.device
+    dev = tr.valid.device
     d = L.decisions
     d.truth_used = tr.valid.clone()
     d.truth_best_anchor = torch.full((B, T), -1, dtype=torch.long, device=dev)
@@ -343,7 +375,7 @@ def _record_truth_decisions(L: _Layer, tr: _Truths, b: Tensor, t: Tensor, i: Ten
 
 def _assignments(L: _Layer, tr: _Truths) -> Assignments:
     cfg = L.config
-    dev = L.output.device
+    dev = tr.valid.device
     B, T = tr.valid.shape
     total = cfg.num
     bt = tr.valid.nonzero()                                # [N, 2] in (b, t) order
@@ -352,8 +384,8 @@ def _assignments(L: _Layer, tr: _Truths) -> Assignments:
     i = (box.x * L.W).trunc().to(torch.long)
     j = (box.y * L.H).trunc().to(torch.long)
     shape = Boxes(torch.zeros_like(box.w), torch.zeros_like(box.w), box.w, box.h)
-    anchor_w = _div(L.anchors[:, 0], cfg.net_w)
-    anchor_h = _div(L.anchors[:, 1], cfg.net_h)
+    anchor_w = _div(L.host_anchors[:, 0], cfg.net_w)
+    anchor_h = _div(L.host_anchors[:, 1], cfg.net_h)
     zeros = torch.zeros_like(anchor_w)
     anchors = Boxes(zeros, zeros, anchor_w, anchor_h)
     iou = box_iou(Boxes(*(c[None, :] for c in anchors)), Boxes(*(c[:, None] for c in shape)),
@@ -402,8 +434,67 @@ def _slot_ranks(L: _Layer, asg: Assignments) -> Tensor:
     return rank
 
 
+@dataclass
+class _Plan:
+    """Everything that depends on the truths only, decided on the host and moved to the device.
+
+    Which truths count, their assignments in darknet's order and each
+    assignment's rank within its slot are known before any prediction is
+    read; on the host the list sizes cost no device sync.
+    """
+
+    truths: _Truths
+    asg: Assignments
+    ranks: list[Tensor]   # indices into the assignments, one tensor per rank
+
+
+def _plan(L: _Layer, truth_host: Tensor) -> _Plan:
+    dev = L.output.device
+    tr = _read_truths(L, truth_host)
+    asg = _assignments(L, tr)
+    ranks: list[Tensor] = []
+    if asg.b.shape[0]:
+        rank = _slot_ranks(L, asg)
+        ranks = [(rank == r).nonzero(as_tuple=True)[0] for r in range(int(rank.max()) + 1)]
+    if dev.type == "cpu":
+        return _Plan(tr, asg, ranks)
+    d = L.decisions
+    for name in ("truth_used", "truth_best_anchor", "truth_i", "truth_j", "anchor_iou"):
+        setattr(d, name, _to_device(getattr(d, name), dev))
+    moved = Assignments(*(_to_device(getattr(asg, f.name), dev) for f in dataclasses.fields(asg) if f.name != "iou"))
+    return _Plan(tr.to(dev), moved, [_to_device(k, dev) for k in ranks])
+
+
+def _mark_where(L: _Layer, b: Tensor, a: Tensor, j: Tensor, i: Tensor, where: Tensor, flag: int) -> None:
+    """``flag`` on the listed slots whose ``where`` is set (a slot may be listed twice).
+
+    CPU: boolean indexing. Elsewhere: counts scattered with accumulate
+    (deterministic whatever the duplicates, and no host sync).
+    """
+    if _host_paths(L.roles):
+        _mark(L, b[where], a[where], j[where], i[where], flag)
+        return
+    hits = torch.zeros_like(L.roles)
+    hits.index_put_((b, a, j, i), where.to(hits.dtype), accumulate=True)
+    L.roles |= (hits > 0).to(L.roles.dtype) * flag
+
+
 def _mark(L: _Layer, b: Tensor, a: Tensor, j: Tensor, i: Tensor, flag: int) -> None:
     L.roles[b, a, j, i] |= flag
+
+
+def _any_class_above(o: Tensor, thresh: float) -> Tensor:
+    """``(o[:, :, 5:] > thresh).any(dim=2)`` (NaN never above), one class plane at a time.
+
+    The class axis is strided (one plane per class); OR-ing contiguous planes
+    is several times faster on the CPU than a reduction across them.
+    """
+    if not _host_paths(o):
+        return (o[:, :, 5:] > thresh).any(dim=2)
+    match = o[:, :, 5] > thresh
+    for c in range(6, o.shape[2]):
+        match |= o[:, :, c] > thresh
+    return match
 
 
 def _cell_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
@@ -421,7 +512,7 @@ def _cell_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
         bad = ~torch.isfinite(obj) & has_truth
         o[:, :, 4] = torch.where(bad, torch.zeros_like(obj), obj)
         L.roles |= bad.to(torch.int32) * _roles.ROLE_OBJ_NONFINITE
-        class_match = (o[:, :, 5:] > _roles.CLASS_MATCH_THRESH).any(dim=2)
+        class_match = _any_class_above(o, _roles.CLASS_MATCH_THRESH)
         best_match = torch.where(class_match, best_iou, torch.zeros_like(best_iou))
         L.decisions.class_match, L.decisions.best_match_iou = class_match, best_match
         p = o[:, :, 4]
@@ -445,10 +536,23 @@ def _cell_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
     L.roles |= ignored.to(torch.int32) * _roles.ROLE_IGNORED
 
     positive = best_iou > _f32(cfg.truth_thresh)
-    if not bool(positive.any()):
+    L.roles |= positive.to(torch.int32) * _roles.ROLE_TRUTH_THRESH
+    if _host_paths(o):
+        if not bool(positive.any()):
+            return
+        b, a, j, i = positive.nonzero(as_tuple=True)
+        keep = None
+    elif tr.valid.shape[1] == 0:    # no truth: best IoU is 0 everywhere
         return
-    b, a, j, i = positive.nonzero(as_tuple=True)
-    _mark(L, b, a, j, i, _roles.ROLE_TRUTH_THRESH)
+    else:   # every slot, the writes masked: no host sync for the (usually empty) list
+        b, a, j, i = (g.reshape(-1) for g in torch.meshgrid(
+            *(torch.arange(k, device=o.device) for k in (L.B, L.n, L.H, L.W)), indexing="ij"))
+        keep = positive.reshape(-1)
+
+    def put(e: Any, value: Tensor) -> None:
+        d[b, a, e, j, i] = value if keep is None else torch.where(
+            keep.view(-1, *([1] * (value.dim() - 1))), value, d[b, a, e, j, i])
+
     t = best_t[b, a, j, i]
     cls = tr.cls[b, t]
     truth = Boxes(*(c[b, t] for c in tr.box))
@@ -456,32 +560,32 @@ def _cell_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
     cm = L.mult[cls] if (L.alexeyab and L.mult is not None) else torch.ones_like(iou)
     p_obj = o[b, a, 4, j, i]
     if L.alexeyab and cfg.objectness_smooth:
-        d[b, a, 4, j, i] = _f32(cfg.obj_normalizer) * (iou * iou - p_obj)
+        put(4, _f32(cfg.obj_normalizer) * (iou * iou - p_obj))
     elif L.alexeyab:
-        d[b, a, 4, j, i] = _f32(cfg.obj_normalizer) * (1 - p_obj)
+        put(4, _f32(cfg.obj_normalizer) * (1 - p_obj))
     else:
-        d[b, a, 4, j, i] = 1 - p_obj
+        put(4, 1 - p_obj)
     p_cls = o[b, a, 5:, j, i]                               # [N, C]
     new = _class_full(L, p_cls, d[b, a, 5:, j, i], cls)
     if L.alexeyab and cfg.objectness_smooth:
         p_c = p_cls.gather(1, cls[:, None])[:, 0]
         new = new.scatter(1, cls[:, None], (cm * (iou * iou - p_c))[:, None])
-    d[b, a, 5:, j, i] = new
+    put(slice(5, None), new)
     anchor = L.mask[a]
     pred_s = _pred_boxes(L, a, anchor, j, i, b)
     xbox = torch.stack([o[b, a, e, j, i] for e in range(4)], dim=1)
     d_box = _box_increment(L, pred_s, truth, xbox, anchor, j, i, cm)
     for e in range(4):
-        d[b, a, e, j, i] = d[b, a, e, j, i] + d_box[:, e] if L.alexeyab else d_box[:, e]
+        put(e, d[b, a, e, j, i] + d_box[:, e] if L.alexeyab else d_box[:, e])
     if L.alexeyab:
-        stats["total_bbox"] = stats["total_bbox"] + b.shape[0]
+        stats["total_bbox"] = stats["total_bbox"] + (b.shape[0] if keep is None else keep.sum())
 
 
-def _truth_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
+def _truth_pass(L: _Layer, plan: _Plan, stats: dict[str, Tensor]) -> None:
     """Step 3: every assignment, applied rank by rank within its slot."""
     cfg = L.config
     o, d = L.output, L.delta
-    asg = _assignments(L, tr)
+    tr, asg = plan.truths, plan.asg
     L.decisions.assignments = asg
     N = asg.b.shape[0]
     stats["count_raw"] = stats["count_raw"] + N
@@ -489,8 +593,8 @@ def _truth_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
         asg.iou = torch.zeros(0, dtype=o.dtype, device=o.device)
         return
     b, a, j, i = asg.b, asg.a, asg.j, asg.i
-    _mark(L, b[~asg.extra], a[~asg.extra], j[~asg.extra], i[~asg.extra], _roles.ROLE_BEST_ANCHOR)
-    _mark(L, b[asg.extra], a[asg.extra], j[asg.extra], i[asg.extra], _roles.ROLE_EXTRA_ANCHOR)
+    _mark_where(L, b, a, j, i, ~asg.extra, _roles.ROLE_BEST_ANCHOR)
+    _mark_where(L, b, a, j, i, asg.extra, _roles.ROLE_EXTRA_ANCHOR)
     truth = Boxes(*(c[b, asg.t] for c in tr.box))
     cls = tr.cls[b, asg.t]
     cm = L.mult[cls] if (L.alexeyab and L.mult is not None) else torch.ones_like(truth.x)
@@ -508,13 +612,11 @@ def _truth_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
     p_obj = o[b, a, 4, j, i]
     obj_target = cm * _f32(cfg.obj_normalizer) * (1 - p_obj) if L.alexeyab else 1 - p_obj
 
-    rank = _slot_ranks(L, asg)
-    for r in range(int(rank.max().item()) + 1):
-        k = (rank == r).nonzero(as_tuple=True)[0]
+    for k in plan.ranks:
         bk, ak, jk, ik, ck = b[k], a[k], j[k], i[k], cls[k]
         box_now = torch.stack([d[bk, ak, e, jk, ik] for e in range(4)], dim=1)
         rewritten = (box_now != 0).any(dim=1)
-        _mark(L, bk[rewritten], ak[rewritten], jk[rewritten], ik[rewritten], _roles.ROLE_REWRITTEN)
+        _mark_where(L, bk, ak, jk, ik, rewritten, _roles.ROLE_REWRITTEN)
         if L.alexeyab:
             stats["rewritten_bbox"] = stats["rewritten_bbox"] + rewritten.sum()
             new_box = box_now + inc[k]
@@ -535,10 +637,41 @@ def _truth_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
         short_val = _class_shortcut(L, p_cls.gather(1, ck[:, None])[:, 0], old.gather(1, ck[:, None])[:, 0], ck)
         short_rows = old.scatter(1, ck[:, None], short_val[:, None])
         d[bk, ak, 5:, jk, ik] = torch.where(shortcut[:, None], short_rows, full)
-        _mark(L, bk[shortcut], ak[shortcut], jk[shortcut], ik[shortcut], _roles.ROLE_CLASS_SHORTCUT)
+        _mark_where(L, bk, ak, jk, ik, shortcut, _roles.ROLE_CLASS_SHORTCUT)
+
+
+def _positive_slots(L: _Layer) -> tuple[Tensor, ...]:
+    """(b, a, j, i) of every slot a truth wrote box/class deltas on, each once, in memory order."""
+    bits = _roles.ROLE_BEST_ANCHOR | _roles.ROLE_EXTRA_ANCHOR | _roles.ROLE_TRUTH_THRESH
+    return ((L.roles & bits) != 0).nonzero(as_tuple=True)
 
 
 def _averaging_pass(L: _Layer) -> None:
+    """Divide the box deltas by the count of positive class deltas where objectness is set.
+
+    Only slots a truth wrote (best, extra or truth_thresh) can hold a class
+    delta, so only those are read: elsewhere the count is 0 and nothing divides.
+    """
+    d = L.delta
+    if not _host_paths(d):      # every slot: listing the positive ones would sync
+        _averaging_dense(L)
+        return
+    divisor = torch.zeros(L.B, L.n, L.H, L.W, dtype=torch.long, device=d.device)
+    L.decisions.divisor = divisor
+    b, a, j, i = _positive_slots(L)
+    if b.numel() == 0:
+        return
+    has_obj = d[b, a, 4, j, i] != 0
+    positive = (d[b, a, 5:, j, i] > 0).sum(dim=1)
+    divide = has_obj & (positive > 0)
+    divisor[b, a, j, i] = torch.where(divide, positive, torch.zeros_like(positive))
+    L.roles[b, a, j, i] |= (has_obj & (positive > 1)).to(torch.int32) * _roles.ROLE_AVERAGED
+    denom = torch.where(divide, positive, torch.ones_like(positive)).to(d.dtype)
+    box = d[b, a, 0:4, j, i]
+    d[b, a, 0:4, j, i] = torch.where(divide[:, None], box / denom[:, None], box)
+
+
+def _averaging_dense(L: _Layer) -> None:
     d = L.delta
     has_obj = d[:, :, 4] != 0                                # [B, n, H, W]
     positive = (d[:, :, 5:] > 0).sum(dim=2)                  # [B, n, H, W]
@@ -566,30 +699,56 @@ def _sequential_sum(values: np.ndarray) -> float:
     return float(running)
 
 
-def _magnitude(v: Tensor, skip_box_rows: bool = False) -> Tensor:
-    """darknet's mag_array: sqrt of the float sum of squares, rounded to float (0-d float64).
+def _nonzero_candidates(L: _Layer, skip_box_rows: bool) -> np.ndarray:
+    """The delta entries that can be nonzero, in memory order, as one fresh array.
+
+    Objectness is written for every slot; box and class rows only on slots a
+    truth wrote (``_positive_slots``): everywhere else they are still the
+    zeros the delta started as. Leaving zero squares out of a running sum of
+    squares changes nothing (adding +0 to a sum >= 0 is exact), so the sum of
+    these equals darknet's sum over the whole delta, bit for bit.
+    """
+    B, n, H, W = L.B, L.n, L.H, L.W
+    blocks = L.delta.reshape(B * n, -1, H * W).numpy()
+    b, a, j, i = (x.numpy() for x in _positive_slots(L))
+    block, cell = b * n + a, j * W + i
+    starts = np.searchsorted(block, np.arange(B * n + 1))
+    pieces = []
+    for k in range(B * n):
+        cells = cell[starts[k]:starts[k + 1]]
+        rows = blocks[k]
+        if not skip_box_rows and cells.size:
+            pieces.append(rows[0:4, cells].reshape(-1))
+        pieces.append(rows[4])
+        if cells.size:
+            pieces.append(rows[5:, cells].reshape(-1))
+    return np.concatenate(pieces)
+
+
+def _magnitude(L: _Layer, skip_box_rows: bool = False) -> Tensor:
+    """darknet's mag_array of the delta: sqrt of the float sum of squares, rounded to float (0-d float64).
 
     darknet adds the squares one by one in float32 (memory order), and that
     running sum drifts from the exact one (about 1e-4 relative over ~10^4
-    large deltas). On the CPU we add them the same way; on a GPU the sum is
-    exact (float64), as reproducing the drift would need a host copy of the
-    delta. ``skip_box_rows`` zeroes the x, y, w, h rows first (darknet's copy
-    of the delta without its box rows).
+    large deltas). On the CPU we add them the same way (skipping entries that
+    are zero by construction); on a GPU the sum is exact (float64), as
+    reproducing the drift would need a host copy of the delta.
+    ``skip_box_rows`` leaves out the x, y, w, h rows (darknet's copy of the
+    delta without its box rows).
     """
-    if v.device.type == "cpu":
-        squares = (v * v).numpy()                       # [B, n, E, H, W], a fresh array
-        if skip_box_rows:
-            squares[:, :, :4] = 0
-        total = torch.tensor(_sequential_sum(squares), dtype=torch.float64)
+    v = L.delta
+    if _host_paths(v):
+        values = _nonzero_candidates(L, skip_box_rows)
+        total = torch.tensor(_sequential_sum(values * values), dtype=torch.float64)
     else:
         sq = v.double() * v.double()
         total = (sq[:, :, 4:] if skip_box_rows else sq).sum()
     return torch.sqrt(total).to(v.dtype).double()
 
 
-def _squared_magnitude(v: Tensor) -> Tensor:
-    """pow(mag_array(v), 2) stored as float."""
-    return (_magnitude(v) ** 2).to(v.dtype)
+def _squared_magnitude(L: _Layer) -> Tensor:
+    """pow(mag_array(delta), 2) stored as float."""
+    return (_magnitude(L) ** 2).to(L.delta.dtype)
 
 
 def _cost(L: _Layer, stats: dict[str, Tensor]) -> None:
@@ -598,19 +757,19 @@ def _cost(L: _Layer, stats: dict[str, Tensor]) -> None:
     assigned = stats["count_raw"]
     if not L.alexeyab:
         stats["count"] = assigned
-        stats["cost"] = _squared_magnitude(d)
+        stats["cost"] = _squared_magnitude(L)
         stats["avg_iou"] = stats["tot_iou"] / assigned
         return
     count = torch.clamp(torch.as_tensor(assigned), min=1)
     stats["count"] = count
     stats["avg_iou"] = stats["tot_iou"] / count
-    loss = _squared_magnitude(d)
+    loss = _squared_magnitude(L)
     batch = L.B
     if not cfg.show_details:
         stats["cost"] = loss
         stats["total_loss"] = loss / batch
         return
-    class_loss = (_f32(cfg.obj_normalizer) * _magnitude(d, skip_box_rows=True) ** 2).to(d.dtype)
+    class_loss = (_f32(cfg.obj_normalizer) * _magnitude(L, skip_box_rows=True) ** 2).to(d.dtype)
     if cfg.iou_loss == "mse":
         stats["cost"] = loss
     else:
@@ -654,7 +813,8 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
         raise InputError(f"input/truth dtypes {input.dtype}/{truth.dtype} are not floating point")
     # The same refusals and warnings as every backend, without copying the input off its device:
     # its shape, and the (small) truth on the host.
-    host_truth = truth.detach().to("cpu", torch.float32).numpy()
+    truth_cpu = truth.detach().to("cpu")      # the one host copy (a sync when truth is on a GPU)
+    host_truth = truth_cpu.to(torch.float32).numpy()
     check_layer_shapes(config, tuple(input.shape), host_truth, flavor)
     notes = truth_notes(config, host_truth, flavor)
     if notes:
@@ -669,23 +829,24 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
     output = x.clone()
     delta = torch.zeros_like(output)
     mult_np = config.classes_multipliers() if flavor == "alexeyab" else None
+    anchors = torch.tensor(np.asarray(config.anchors[: 2 * config.num], dtype=np.float32).reshape(-1, 2)).to(dtype)
     L = _Layer(
         config, flavor, B, n, C, H, W,
         output.view(B, n, E, H, W), delta.view(B, n, E, H, W),
         torch.zeros(B, n, H, W, dtype=torch.int32, device=dev),
-        torch.tensor(np.asarray(config.anchors[: 2 * config.num], dtype=np.float32).reshape(-1, 2),
-                     device=dev).to(dtype),
-        torch.tensor(config.mask, dtype=torch.long, device=dev),
-        torch.tensor(mult_np, device=dev).to(dtype) if mult_np is not None else None,
+        _to_device(anchors, dev),
+        _to_device(torch.tensor(config.mask, dtype=torch.long), dev),
+        _to_device(torch.tensor(mult_np).to(dtype), dev) if mult_np is not None else None,
+        anchors,
     )
     zero = torch.zeros((), dtype=dtype, device=dev)
     izero = torch.zeros((), dtype=torch.long, device=dev)
     stats: dict[str, Any] = {"tot_iou": zero, "tot_iou_loss": zero, "tot_giou_loss": zero,
                              "count_raw": izero, "rewritten_bbox": izero, "total_bbox": izero}
     _activate(L)
-    tr = _read_truths(L, truth.detach().to(device=dev, dtype=dtype))
-    _cell_pass(L, tr, stats)
-    _truth_pass(L, tr, stats)
+    plan = _plan(L, truth_cpu.to(dtype))
+    _cell_pass(L, plan.truths, stats)
+    _truth_pass(L, plan, stats)
     if L.alexeyab and _f32(config.iou_thresh) < 1.0:
         _averaging_pass(L)
     else:       # no averaging pass: nothing divided anywhere
