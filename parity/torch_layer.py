@@ -245,7 +245,13 @@ def _ignore_search(L: _Layer, pred: Boxes, tr: _Truths) -> tuple[Tensor, Tensor]
         ih = torch.minimum(phy[:, sl], thy).sub_(torch.maximum(ply[:, sl], tly))
         # darknet: 0 when iw < 0 or ih < 0; the clamps agree wherever the IoU can be > 0
         inter = iw.clamp_(min=0).mul_(ih.clamp_(min=0))
-        iou = torch.div(inter, (parea[:, sl] + tarea).sub_(inter))
+        uni = (parea[:, sl] + tarea).sub_(inter)
+        iou = torch.div(inter, uni)
+        if L.alexeyab:
+            # AlexeyAB's box_iou returns 0 for a zero union or overlap (a NaN edge widens the overlap to the
+            # truth's while a zero width empties the prediction's area: inter/0 would be inf);
+            # pjreddie's divides unguarded, so inf stays there.
+            iou = torch.where((uni == 0) | (inter == 0), zero, iou)
         # NaN and values <= 0 never replace darknet's running best (which starts at 0)
         best[:, sl], best_t[:, sl] = torch.fmax(iou, zero).max(dim=-1)
     return best.view(B, L.n, L.H, L.W), best_t.view(B, L.n, L.H, L.W)
