@@ -1,11 +1,14 @@
 """The [net] and [yolo] option tables, read the way each flavor's ``parse_net_options``/``parse_yolo`` does.
 
 Refused (``ConfigError`` at the option's line), where darknet would silently
-misread: infinity except for ``max_delta``, ``map=`` (class remapping, which
-this project does not model), fewer anchors than ``2*num`` (more: AlexeyAB
-reads the first ``2*num``, pjreddie overflows), a [net] size below 1, and
+misread or crash: infinity except for ``max_delta``, more anchors than
+``2*num`` in pjreddie (a heap overflow), a [net] size below 1, and
 whatever ``YoloConfig`` refuses on construction (its invariants live with it,
 in ``parity.config``). Unknown [yolo] options only warn (``ConfigWarning``).
+Values darknet accepts but reads otherwise are read as darknet reads them,
+with a ``DarknetInputWarning`` at the line (docs/options.md has the table):
+an unknown or wrong-case ``iou_loss``/``iou_thresh_kind`` is plain IoU, fewer
+than ``2*num`` anchors leave the rest at 0.5.
 """
 from __future__ import annotations
 
@@ -13,9 +16,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import FLAVORS, PJREDDIE_TRUTH_BOXES, YoloConfig, YoloFieldError
+from ..config import FLAVORS, IOU_KINDS, PJREDDIE_TRUTH_BOXES, THRESH_KINDS, YoloConfig, YoloFieldError
 from ..errors import ConfigError
-from .lexer import Option, Section, c_atof, c_atoi, split_darknet_list, warn_at
+from .lexer import Option, Section, c_atof, c_atoi, darknet_reads_at, split_darknet_list, warn_at
 
 @dataclass(frozen=True)
 class NetOptions:
@@ -115,6 +118,8 @@ def parse_yolo(section: Section, net: NetOptions, flavor: str) -> YoloConfig:
         if opt is None or kind in ("ints", "floats"):
             continue
         parsed = _parse_scalar(section, opt, kind)
+        if target in _STRING_CHOICES:
+            parsed = _darknet_choice(section, opt, target)
         if target is None:
             extra[name] = opt.value
         else:
@@ -132,6 +137,22 @@ def parse_yolo(section: Section, net: NetOptions, flavor: str) -> YoloConfig:
                           flavor=flavor, extra=extra)
     except YoloFieldError as err:
         raise section.error(err.option, err.bare) from None
+
+
+# AlexeyAB's parse_yolo compares these with strcmp (case-sensitive); anything else reads as IoU.
+_STRING_CHOICES = {"iou_loss": IOU_KINDS, "iou_thresh_kind": THRESH_KINDS}
+
+
+def _darknet_choice(section: Section, opt: Option, target: str) -> str:
+    """The value darknet uses: an unknown one is plain IoU (iou_thresh_kind with darknet's own warning)."""
+    value = opt.value
+    if value in _STRING_CHOICES[target]:
+        return value
+    what = "IoU loss" if target == "iou_loss" else "IoU for iou_thresh"
+    hint = f": write {value.lower()!r}" if value.lower() in _STRING_CHOICES[target] else (
+        f" (expected one of {', '.join(_STRING_CHOICES[target])})")
+    darknet_reads_at(section.path, opt.line, f"option '{opt.key}': darknet reads {value!r} as plain {what}{hint}")
+    return "iou"
 
 
 def _parse_scalar(section: Section, opt: Option, kind: str) -> Any:
@@ -165,8 +186,9 @@ def _yolo_lists(section: Section, flavor: str, num: int) -> dict[str, Any]:
         return out
     anchors = _list_items(section, anchors_opt, ab, "float")
     if len(anchors) < 2 * num:
-        raise section.error("anchors", f"{len(anchors)} anchor values for num={num}; "
-                            f"darknet needs {2 * num} and would leave the rest at 0.5")
+        darknet_reads_at(section.path, anchors_opt.line, f"option 'anchors': {len(anchors)} anchor values for "
+                         f"num={num}; darknet reads them and leaves the other {2 * num - len(anchors)} at 0.5")
+        anchors = anchors + [0.5] * (2 * num - len(anchors))
     if len(anchors) > 2 * num:
         if not ab:
             raise section.error("anchors", f"{len(anchors)} anchor values for num={num}: "
