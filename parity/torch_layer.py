@@ -90,6 +90,7 @@ class _Layer:
     anchors: Tensor  # [total, 2] float32 pixels
     mask: Tensor     # [n] long
     mult: Tensor | None  # [C] float32 class multipliers
+    class_map: Tensor | None = None   # [C] long: map= (AlexeyAB), the class written for a truth's class
     decisions: Decisions = field(default_factory=Decisions)   # filled by the passes that decide
 
     @property
@@ -194,6 +195,11 @@ def _read_truths(L: _Layer, truth: Tensor) -> _Truths:
     valid = active & class_ok if L.alexeyab else active
     cls = torch.where(valid, cls, torch.zeros_like(cls))
     return _Truths(Boxes(t[..., 0], t[..., 1], t[..., 2], t[..., 3]), cls, valid, active, class_ok)
+
+
+def _written_class(L: _Layer, cls: Tensor) -> Tensor:
+    """The class id darknet writes deltas and multipliers for: ``map[cls]`` under map= (AlexeyAB)."""
+    return L.class_map[cls] if L.class_map is not None else cls
 
 
 def _best_over(iou: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
@@ -456,7 +462,7 @@ def _cell_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
     b, a, j, i = positive.nonzero(as_tuple=True)
     _mark(L, b, a, j, i, _roles.ROLE_TRUTH_THRESH)
     t = best_t[b, a, j, i]
-    cls = tr.cls[b, t]
+    cls = _written_class(L, tr.cls[b, t])
     truth = Boxes(*(c[b, t] for c in tr.box))
     iou = best_iou[b, a, j, i]
     cm = L.mult[cls] if (L.alexeyab and L.mult is not None) else torch.ones_like(iou)
@@ -498,7 +504,7 @@ def _truth_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
     _mark(L, b[~asg.extra], a[~asg.extra], j[~asg.extra], i[~asg.extra], _roles.ROLE_BEST_ANCHOR)
     _mark(L, b[asg.extra], a[asg.extra], j[asg.extra], i[asg.extra], _roles.ROLE_EXTRA_ANCHOR)
     truth = Boxes(*(c[b, asg.t] for c in tr.box))
-    cls = tr.cls[b, asg.t]
+    cls = _written_class(L, tr.cls[b, asg.t])
     cm = L.mult[cls] if (L.alexeyab and L.mult is not None) else torch.ones_like(truth.x)
     pred = _pred_boxes(L, a, asg.anchor, j, i, b)
     iou = box_iou(pred, truth, pjreddie=not L.alexeyab)
@@ -683,6 +689,8 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
                      device=dev).to(dtype),
         torch.tensor(config.mask, dtype=torch.long, device=dev),
         torch.tensor(mult_np, device=dev).to(dtype) if mult_np is not None else None,
+        torch.tensor(config.class_map[:C], dtype=torch.long, device=dev)
+        if (config.class_map is not None and flavor == "alexeyab") else None,
     )
     zero = torch.zeros((), dtype=dtype, device=dev)
     izero = torch.zeros((), dtype=torch.long, device=dev)

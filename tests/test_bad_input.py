@@ -159,9 +159,9 @@ CFG_ROWS = [
     # deltas are clipped to +-max_delta: a negative bound is meaningless
     pytest.param(add("max_delta=-1"), APPENDED, "max_delta", "max_delta=-1.0 must be >= 0", "alexeyab",
                  id="max_delta-negative"),
-    # map= remaps class ids from a file: not modelled
-    pytest.param(add("map=data/coco9k.map"), APPENDED, "map", "map= (class id remapping) is not supported", "alexeyab",
-                 id="map"),
+    # map= names a file darknet's read_map cannot open (file_error)
+    pytest.param(add("map=data/coco9k.map"), APPENDED, "map", "cannot read map file", "alexeyab",
+                 id="map-missing"),
     # a byte-order mark becomes part of the first header: darknet does not recognise [net] and crashes
     pytest.param(text("\ufeff" + BASE_CFG), 1, None, "byte-order mark", "alexeyab", id="utf8-bom"),
     # a NUL byte ends darknet's line early

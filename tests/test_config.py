@@ -323,7 +323,6 @@ def test_counters_per_class_are_parsed_and_turned_into_multipliers() -> None:
     (["classes=0"], 5, "classes", "at least one class"),
     (["num=0"], 5, "num", "at least one anchor"),
     (["max=0"], 5, "max", "no truth boxes"),
-    (["map=data/coco9k.map"], 5, "map", "not supported"),
     (["truth_thresh=-0.1"], 5, "truth_thresh", ">= 0"),
     (["max_delta=-1"], 5, "max_delta", ">= 0"),
     (["anchors=10,0"], 5, "anchors", "positive"),
@@ -712,3 +711,40 @@ def test_a_value_darknet_compares_case_sensitively_reads_as_iou_with_a_warning(l
 @pytest.mark.parametrize("value", ["mse", "giou", "diou", "ciou"])
 def test_the_exact_names_read_silently(value) -> None:
     assert yolo(f"iou_loss={value}").iou_loss == value
+
+
+# -- map= (issue 11, point 1) -------------------------------------------------------------
+
+
+def _map_cfg(tmp_path: Path, lines: str, classes: int = 3) -> Path:
+    (tmp_path / "maps").mkdir(exist_ok=True)
+    (tmp_path / "maps" / "m.map").write_text(lines)
+    cfg = tmp_path / "t.cfg"
+    cfg.write_text(NET + f"[yolo]\nclasses={classes}\nmap=maps/m.map\n")
+    return cfg
+
+
+def test_map_is_read_relative_to_the_cfg_one_atoi_per_line(tmp_path: Path) -> None:
+    cfg = _map_cfg(tmp_path, "2\n0\n1\n7\n")        # lines past classes are never indexed
+    c = load_cfg(cfg).yolo_layers[0].config
+    assert c.class_map == (2, 0, 1, 7)
+
+
+@pytest.mark.parametrize("lines, fragment", [
+    ("2\n3\n0\n", "line 2: map value 3 is outside [0, 3)"),
+    ("-1\n0\n1\n", "line 1: map value -1 is outside [0, 3)"),
+    ("0\n1\n", "has 2 lines for classes=3"),
+])
+def test_a_map_darknet_would_index_out_of_bounds_is_refused_naming_file_and_line(tmp_path, lines, fragment):
+    cfg = _map_cfg(tmp_path, lines)
+    with pytest.raises(ConfigError) as err:
+        load_cfg(cfg)
+    assert "m.map" in str(err.value) and fragment in str(err.value), str(err.value)
+    assert err.value.option == "map"
+
+
+def test_a_missing_map_file_is_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "t.cfg"
+    cfg.write_text(NET + "[yolo]\nmap=nowhere.map\n")
+    with pytest.raises(ConfigError, match="cannot read map file"):
+        load_cfg(cfg)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..config import FLAVORS, IOU_KINDS, PJREDDIE_TRUTH_BOXES, THRESH_KINDS, YoloConfig, YoloFieldError
@@ -72,6 +73,7 @@ _AB_YOLO = (
     ("cls_normalizer", "float", "cls_normalizer"),
     ("delta_normalizer", "float", "delta_normalizer"), ("iou_loss", "str", "iou_loss"),
     ("iou_thresh_kind", "str", "iou_thresh_kind"), ("beta_nms", "float", None),
+    ("map", "str", None),
     ("nms_kind", "str", None), ("jitter", "float", None), ("resize", "float", None),
     ("focal_loss", "int", "focal_loss"), ("ignore_thresh", "float", "ignore_thresh"),
     ("truth_thresh", "float", "truth_thresh"), ("iou_thresh", "float", "iou_thresh"),
@@ -107,8 +109,6 @@ def check_flavor(flavor: str) -> None:
 def parse_yolo(section: Section, net: NetOptions, flavor: str) -> YoloConfig:
     """Read one [yolo] section the way ``flavor``'s ``parse_yolo`` does, then validate."""
     check_flavor(flavor)
-    if section.find("map"):
-        raise section.error("map", "map= (class id remapping) is not supported by darknet-parity")
     table = YOLO_OPTIONS[flavor]
     known = {name for name, _, _ in table}
     values: dict[str, Any] = {}
@@ -125,6 +125,9 @@ def parse_yolo(section: Section, net: NetOptions, flavor: str) -> YoloConfig:
         else:
             values[target] = parsed
     values.update(_yolo_lists(section, flavor, values.get("num", 1)))
+    map_opt = section.find("map") if flavor == "alexeyab" else None
+    if map_opt is not None:
+        values["class_map"] = read_class_map(section, map_opt, values.get("classes", 20))
     for opt in section.options:
         if opt.key not in known and opt.key not in extra:
             warn_at(section.path, opt.line, f"option '{opt.key}' in [yolo] is not read by "
@@ -153,6 +156,41 @@ def _darknet_choice(section: Section, opt: Option, target: str) -> str:
         f" (expected one of {', '.join(_STRING_CHOICES[target])})")
     darknet_reads_at(section.path, opt.line, f"option '{opt.key}': darknet reads {value!r} as plain {what}{hint}")
     return "iou"
+
+
+def map_file_path(section: Section, value: str) -> Path:
+    """map=NAME relative to the cfg's folder (a recorded case's ``FILE.npz:cfg``: the case's folder)."""
+    name = Path(value)
+    if name.is_absolute() or section.path is None:
+        return name
+    cfg_file = str(section.path)
+    if cfg_file.endswith(":cfg"):
+        cfg_file = cfg_file[: -len(":cfg")]
+    return Path(cfg_file).parent / name
+
+
+def read_class_map(section: Section, opt: Option, classes: int) -> tuple[int, ...]:
+    """darknet's read_map: one atoi per line; an entry >= classes (or < 0) is refused at its line,
+    since darknet writes the class delta out of bounds there."""
+    path = map_file_path(section, opt.value)
+    try:
+        lines = path.read_text(encoding="utf-8", errors="surrogateescape").split("\n")
+    except OSError as err:
+        raise section.error("map", f"cannot read map file {str(path)!r}: {err.strerror or err}") from None
+    if lines and lines[-1] == "":
+        lines.pop()                     # fgetl: a final newline ends the last line
+    values = []
+    for number, line in enumerate(lines, start=1):
+        value = c_atoi(line.strip())
+        value = 0 if value is None else value
+        if len(values) < classes and not 0 <= value < classes:
+            raise section.error("map", f"{path}:line {number}: map value {value} is outside [0, {classes}): "
+                                "darknet writes the class delta out of bounds")
+        values.append(value)
+    if len(values) < classes:
+        raise section.error("map", f"{path} has {len(values)} lines for classes={classes}: darknet reads "
+                            "map[class_id] past its array")
+    return tuple(values)
 
 
 def _parse_scalar(section: Section, opt: Option, kind: str) -> Any:
