@@ -43,6 +43,12 @@ static int any_class_above(ref_layer *L, int b, int a, int j, int i, float thres
     return hit;
 }
 
+/* map=: the class id written for a truth of class class_id (already in [0, classes)). */
+static int mapped_class(const yref_config *c, int class_id)
+{
+    return c->class_map ? c->class_map[class_id] : class_id;
+}
+
 static float class_multiplier(const yref_config *c, int class_id)
 {
     return c->classes_multipliers ? c->classes_multipliers[class_id] : 1.0f;
@@ -193,6 +199,7 @@ static void cell_pass_alexeyab(ref_layer *L, int b, int a, int j, int i, const u
     if (best_iou > c->truth_thresh) {
         const float iou_mult = best_iou * best_iou;
         ref_truth tr = ref_read_truth(L, b, s.best_t);
+        tr.class_id = mapped_class(c, tr.class_id);
         const float cm = class_multiplier(c, tr.class_id);
         ref_mark(L, b, a, j, i, YREF_ROLE_TRUTH_THRESH);
         ref_count(L, YREF_BR_TRUTH_THRESH);
@@ -285,6 +292,8 @@ static void assign(ref_layer *L, image_sums *sums, ref_truth tr, int b, int t, i
     const yref_config *c = L->cfg;
     const long obj = ref_index(L, b, a, ENTRY_OBJ, j, i);
     const int pjreddie = c->flavor == YREF_PJREDDIE;
+    if (!pjreddie)
+        tr.class_id = mapped_class(c, tr.class_id);
     const float cm = pjreddie ? 1.0f : class_multiplier(c, tr.class_id);
     ref_ious ious = ref_delta_box(L, tr.box, b, a, anchor, j, i, 2 - tr.box.w * tr.box.h,
                                   pjreddie ? 1.0f : c->iou_normalizer * cm);

@@ -79,6 +79,8 @@ class YoloConfig:
     focal_loss: int = 0
     max_delta: float = FLT_MAX
     counters_per_class: tuple[int, ...] | None = None
+    # map=: darknet's read_map, one class id per line; truth class c is written as class_map[c]
+    class_map: tuple[int, ...] | None = None
     show_details: int = 1
     net_w: int = 416
     net_h: int = 416
@@ -89,7 +91,7 @@ class YoloConfig:
     extra: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("mask", "anchors", "counters_per_class"):
+        for name in ("mask", "anchors", "counters_per_class", "class_map"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
@@ -196,6 +198,15 @@ def _yolo_problems(c: YoloConfig) -> Iterator[tuple[str, str]]:
 
 
 def _limit_problems(c: YoloConfig) -> Iterator[tuple[str, str]]:
+    if c.class_map is not None:
+        if len(c.class_map) < c.classes:
+            yield "map", (f"{len(c.class_map)} map entries for classes={c.classes}: darknet reads "
+                          f"map[class_id] past its array")
+        for k, v in enumerate(c.class_map[: c.classes]):
+            if not 0 <= v < c.classes:
+                yield "map", (f"map entry {k} is {v}, outside [0, {c.classes}): darknet writes the "
+                              f"class delta out of bounds")
+                break
     if c.max_boxes < 1:
         yield "max", f"max={c.max_boxes}: darknet would read no truth boxes at all"
     if c.iou_loss not in IOU_KINDS:

@@ -99,11 +99,18 @@ class LayerStats:
             v = data.get(key)
             return missing if v is None else kind(v)
         count = num("count", int, -1)
-        return cls(num("cost", float, float("nan")), count, num("count_raw", int, num("assigned", int, -1)),
+        return cls(num("cost", float, float("nan")), count, num("count_raw", int, num("assigned", int,
+                                                                                     _raw_from_printed(count))),
                    num("tot_iou", float, float("nan")), num("avg_iou", float, float("nan")),
                    *(num(k, int, None) for k in ("rewritten_bbox", "total_bbox")),
                    *(num(k, float, None) for k in ("tot_iou_loss", "tot_giou_loss", "class_loss", "iou_loss",
                                                    "total_loss")))
+
+
+def _raw_from_printed(count: int) -> int:
+    """The raw count where the printed one says it: AlexeyAB's clamp turns only 0 into 1, and
+    pjreddie prints the raw number; a printed 1 (or none) leaves it unknown (-1)."""
+    return count if count >= 0 and count != 1 else -1
 
 
 _STAT_FIELDS = frozenset(f.name for f in dataclasses.fields(LayerStats))

@@ -120,6 +120,7 @@ class _Layer:
     mask: Tensor     # [n] long
     mult: Tensor | None  # [C] float32 class multipliers
     host_anchors: Tensor     # [total, 2] on the host: the truth-only planning runs there
+    class_map: Tensor | None = None   # [C] long: map= (AlexeyAB), the class written for a truth's class
     decisions: Decisions = field(default_factory=Decisions)   # filled by the passes that decide
 
     @property
@@ -228,6 +229,11 @@ def _read_truths(L: _Layer, truth: Tensor) -> _Truths:
     return _Truths(Boxes(t[..., 0], t[..., 1], t[..., 2], t[..., 3]), cls, valid, active, class_ok)
 
 
+def _written_class(L: _Layer, cls: Tensor) -> Tensor:
+    """The class id darknet writes deltas and multipliers for: ``map[cls]`` under map= (AlexeyAB)."""
+    return L.class_map[cls] if L.class_map is not None else cls
+
+
 def _best_over(iou: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
     """darknet's `if (iou > best) {best = iou; best_t = t;}` from best = 0: the first maximum."""
     eff = torch.where(iou > 0, iou, torch.zeros_like(iou))  # NaN and <= 0 never win
@@ -277,7 +283,13 @@ def _ignore_search(L: _Layer, pred: Boxes, tr: _Truths) -> tuple[Tensor, Tensor]
         ih = torch.minimum(phy[:, sl], thy).sub_(torch.maximum(ply[:, sl], tly))
         # darknet: 0 when iw < 0 or ih < 0; the clamps agree wherever the IoU can be > 0
         inter = iw.clamp_(min=0).mul_(ih.clamp_(min=0))
-        iou = torch.div(inter, (parea[:, sl] + tarea).sub_(inter))
+        uni = (parea[:, sl] + tarea).sub_(inter)
+        iou = torch.div(inter, uni)
+        if L.alexeyab:
+            # AlexeyAB's box_iou returns 0 for a zero union or overlap (a NaN edge widens the overlap to the
+            # truth's while a zero width empties the prediction's area: inter/0 would be inf);
+            # pjreddie's divides unguarded, so inf stays there.
+            iou = torch.where((uni == 0) | (inter == 0), zero, iou)
         # NaN and values <= 0 never replace darknet's running best (which starts at 0)
         best[:, sl], best_t[:, sl] = torch.fmax(iou, zero).max(dim=-1)
     return best.view(B, L.n, L.H, L.W), best_t.view(B, L.n, L.H, L.W)
@@ -554,7 +566,7 @@ def _cell_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
             keep.view(-1, *([1] * (value.dim() - 1))), value, d[b, a, e, j, i])
 
     t = best_t[b, a, j, i]
-    cls = tr.cls[b, t]
+    cls = _written_class(L, tr.cls[b, t])
     truth = Boxes(*(c[b, t] for c in tr.box))
     iou = best_iou[b, a, j, i]
     cm = L.mult[cls] if (L.alexeyab and L.mult is not None) else torch.ones_like(iou)
@@ -596,7 +608,7 @@ def _truth_pass(L: _Layer, plan: _Plan, stats: dict[str, Tensor]) -> None:
     _mark_where(L, b, a, j, i, ~asg.extra, _roles.ROLE_BEST_ANCHOR)
     _mark_where(L, b, a, j, i, asg.extra, _roles.ROLE_EXTRA_ANCHOR)
     truth = Boxes(*(c[b, asg.t] for c in tr.box))
-    cls = tr.cls[b, asg.t]
+    cls = _written_class(L, tr.cls[b, asg.t])
     cm = L.mult[cls] if (L.alexeyab and L.mult is not None) else torch.ones_like(truth.x)
     pred = _pred_boxes(L, a, asg.anchor, j, i, b)
     iou = box_iou(pred, truth, pjreddie=not L.alexeyab)
@@ -838,6 +850,8 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
         _to_device(torch.tensor(config.mask, dtype=torch.long), dev),
         _to_device(torch.tensor(mult_np).to(dtype), dev) if mult_np is not None else None,
         anchors,
+        _to_device(torch.tensor(config.class_map[:C], dtype=torch.long), dev)
+        if (config.class_map is not None and flavor == "alexeyab") else None,
     )
     zero = torch.zeros((), dtype=dtype, device=dev)
     izero = torch.zeros((), dtype=torch.long, device=dev)

@@ -18,7 +18,7 @@ import pytest
 
 from parity.cfg import NetworkCfg, c_atof, c_atoi, dump_yolo_cfg, load_cfg, parse_cfg, yolo_config_from_cfg
 from parity.config import FLT_MAX, ConfigWarning, YoloConfig
-from parity.errors import ConfigError
+from parity.errors import ConfigError, DarknetInputWarning
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cfg"
 NET = "[net]\nwidth=416\nheight=416\n"
@@ -152,11 +152,11 @@ def test_inline_comment_after_a_number_is_ignored_by_atoi() -> None:
     assert yolo("classes=80 # coco").classes == 80
 
 
-def test_inline_comment_after_a_string_option_is_refused() -> None:
+def test_inline_comment_after_a_string_option_reads_as_darknet_reads_it() -> None:
     # "ciou #best" strips to "ciou#best"; darknet's strcmp fails -> plain IOU.
-    err = config_error(NET + "[yolo]\niou_loss = ciou  # best\n")
-    assert_names(err, 5, "iou_loss")
-    assert "'ciou#best'" in str(err)
+    with pytest.warns(DarknetInputWarning, match="line 5: option 'iou_loss': darknet reads 'ciou#best' as plain IoU"):
+        c = yolo_config_from_cfg(NET + "[yolo]\niou_loss = ciou  # best\n", path="t.cfg")
+    assert c.iou_loss == "iou"
 
 
 def test_a_lone_cr_does_not_end_a_line() -> None:
@@ -284,11 +284,12 @@ def test_spaces_between_list_items_are_removed() -> None:
     assert c.anchors == (10.0, 13.0, 16.0, 30.0)
 
 
-def test_a_missing_comma_merges_two_anchors() -> None:
-    # "13  16" strips to "1316": 3 values for num=2, which needs 4.
-    err = config_error(NET + "[yolo]\nnum=2\nanchors=10,13  16,30\n")
-    assert_names(err, 6, "anchors")
-    assert "3 anchor values for num=2" in str(err)
+def test_a_missing_comma_merges_two_anchors_and_darknet_leaves_the_last_at_half() -> None:
+    # "13  16" strips to "1316": 3 values for num=2, which needs 4; darknet trains with biases[3] = .5.
+    with pytest.warns(DarknetInputWarning, match=r"line 6: option 'anchors': 3 anchor values for num=2; "
+                                                 r"darknet reads them and leaves the other 1 at 0.5"):
+        c = yolo_config_from_cfg(NET + "[yolo]\nnum=2\nanchors=10,13  16,30\n")
+    assert c.anchors == (10.0, 1316.0, 30.0, 0.5)
 
 
 def test_alexeyab_reads_only_two_anchors_per_num() -> None:
@@ -316,16 +317,12 @@ def test_counters_per_class_are_parsed_and_turned_into_multipliers() -> None:
 
 
 @pytest.mark.parametrize("lines, line, option, fragment", [
-    (["iou_loss=CIOU"], 5, "iou_loss", "unknown iou_loss 'CIOU'"),
-    (["iou_thresh_kind=eiou"], 5, "iou_thresh_kind", "unknown iou_thresh_kind"),
     (["num=3", "mask=1,3"], 6, "mask", "mask index 3"),
     (["num=3", "mask=-1"], 6, "mask", "mask index -1"),
-    (["num=3", "anchors=1,2,3,4,5"], 6, "anchors", "5 anchor values for num=3"),
     (["classes=3", "counters_per_class=1,2"], 6, "counters_per_class", "classes=3"),
     (["classes=0"], 5, "classes", "at least one class"),
     (["num=0"], 5, "num", "at least one anchor"),
     (["max=0"], 5, "max", "no truth boxes"),
-    (["map=data/coco9k.map"], 5, "map", "not supported"),
     (["truth_thresh=-0.1"], 5, "truth_thresh", ">= 0"),
     (["max_delta=-1"], 5, "max_delta", ">= 0"),
     (["anchors=10,0"], 5, "anchors", "positive"),
@@ -483,12 +480,13 @@ def test_upstream_cfg_with_a_mask_past_num_is_refused() -> None:
     assert "mask index 16" in str(err)
 
 
-def test_upstream_cfg_with_a_missing_comma_is_refused() -> None:
+def test_upstream_cfg_with_a_missing_comma_is_read_as_darknet_reads_it() -> None:
     # cspx-p7-mish_hp.cfg line 2351: "61,45    61,45" reads as 61, 4561, 45,
-    # so darknet shifts every later anchor and leaves the last at .5.
-    err = config_error((FIXTURES / "cspx-p7-mish_hp.cfg").read_text())
-    assert (err.line, err.option) == (2351, "anchors")
-    assert "31 anchor values for num=16" in str(err)
+    # so darknet shifts every later anchor and leaves the last at .5 -- and trains.
+    with pytest.warns(DarknetInputWarning, match="line 2351: option 'anchors': 31 anchor values for num=16"):
+        net = parse_cfg((FIXTURES / "cspx-p7-mish_hp.cfg").read_text(), path="t.cfg")
+    read = [layer.config for layer in net.yolo_layers if 4561.0 in layer.config.anchors]
+    assert read and all(c.anchors[-1] == 0.5 and len(c.anchors) == 32 for c in read)
 
 
 def walk(body: str, classes: int = 1) -> NetworkCfg:
@@ -690,3 +688,63 @@ def test_warnings_name_file_and_line() -> None:
         parse_cfg(NET + "[yolo]\nclasses=2\nclasses=3\nfoo=1\n", path="t.cfg")
     assert len(caught) == 2
     assert all(re.match(r"t\.cfg:line \d+: ", str(w.message)) for w in caught)
+
+
+# -- values darknet accepts silently (issue 11, point 2) ---------------------------------
+
+
+@pytest.mark.parametrize("line, field, message", [
+    ("iou_loss=CIoU", "iou_loss", "line 5: option 'iou_loss': darknet reads 'CIoU' as plain IoU loss: write 'ciou'"),
+    ("iou_loss=foo", "iou_loss", "line 5: option 'iou_loss': darknet reads 'foo' as plain IoU loss (expected one of"),
+    ("iou_thresh_kind=cIoU", "iou_thresh_kind",
+     "line 5: option 'iou_thresh_kind': darknet reads 'cIoU' as plain IoU for iou_thresh: write 'ciou'"),
+    ("iou_thresh_kind=eiou", "iou_thresh_kind", "darknet reads 'eiou' as plain IoU for iou_thresh (expected"),
+])
+def test_a_value_darknet_compares_case_sensitively_reads_as_iou_with_a_warning(line, field, message) -> None:
+    with pytest.warns(DarknetInputWarning) as caught:
+        c = yolo_config_from_cfg(NET + "[yolo]\n" + line + "\n", path="t.cfg")
+    assert getattr(c, field) == "iou"
+    texts = [str(w.message) for w in caught]
+    assert any(t.startswith("t.cfg:") and message in t for t in texts), texts
+
+
+@pytest.mark.parametrize("value", ["mse", "giou", "diou", "ciou"])
+def test_the_exact_names_read_silently(value) -> None:
+    assert yolo(f"iou_loss={value}").iou_loss == value
+
+
+# -- map= (issue 11, point 1) -------------------------------------------------------------
+
+
+def _map_cfg(tmp_path: Path, lines: str, classes: int = 3) -> Path:
+    (tmp_path / "maps").mkdir(exist_ok=True)
+    (tmp_path / "maps" / "m.map").write_text(lines)
+    cfg = tmp_path / "t.cfg"
+    cfg.write_text(NET + f"[yolo]\nclasses={classes}\nmap=maps/m.map\n")
+    return cfg
+
+
+def test_map_is_read_relative_to_the_cfg_one_atoi_per_line(tmp_path: Path) -> None:
+    cfg = _map_cfg(tmp_path, "2\n0\n1\n7\n")        # lines past classes are never indexed
+    c = load_cfg(cfg).yolo_layers[0].config
+    assert c.class_map == (2, 0, 1, 7)
+
+
+@pytest.mark.parametrize("lines, fragment", [
+    ("2\n3\n0\n", "line 2: map value 3 is outside [0, 3)"),
+    ("-1\n0\n1\n", "line 1: map value -1 is outside [0, 3)"),
+    ("0\n1\n", "has 2 lines for classes=3"),
+])
+def test_a_map_darknet_would_index_out_of_bounds_is_refused_naming_file_and_line(tmp_path, lines, fragment):
+    cfg = _map_cfg(tmp_path, lines)
+    with pytest.raises(ConfigError) as err:
+        load_cfg(cfg)
+    assert "m.map" in str(err.value) and fragment in str(err.value), str(err.value)
+    assert err.value.option == "map"
+
+
+def test_a_missing_map_file_is_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "t.cfg"
+    cfg.write_text(NET + "[yolo]\nmap=nowhere.map\n")
+    with pytest.raises(ConfigError, match="cannot read map file"):
+        load_cfg(cfg)

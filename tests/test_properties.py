@@ -557,6 +557,34 @@ def test_saved_fuzz_case_replays_and_agrees(path):
     assert record["status"] != "mismatch", json.dumps(record.get("details"), indent=1, default=float)
 
 
+
+ZERO_UNION = ROOT / "fixtures" / "fuzz" / "fuzz-s8675309-001676.npz"
+
+
+@pytest.mark.parametrize("flavor", ["alexeyab", "pjreddie"])
+def test_zero_union_in_the_ignore_search_follows_each_flavor(flavor):
+    """fuzz seed 8675309 case 1676: a NaN x and a zero w give a prediction of area 0 whose overlap
+    is the truth's whole box, so the union is exactly 0. AlexeyAB's box_iou returns 0 there,
+    pjreddie's divides (inf); the port once got inf in both and ignored/counted the slot."""
+    from parity.case import load_case
+
+    case = load_case(ZERO_UNION)
+    config = case.config
+    if flavor == "pjreddie":
+        config = YoloConfig(classes=config.classes, num=config.num, mask=config.mask, anchors=config.anchors,
+                            net_w=config.net_w, net_h=config.net_h, ignore_thresh=config.ignore_thresh,
+                            truth_thresh=config.truth_thresh, max_boxes=config.max_boxes, flavor="pjreddie")
+    x, truth = case.input.copy(), case.truth.copy()
+    if flavor == "pjreddie":    # no new_coords there: w = exp(-inf) * anchor = 0; exact truth edges
+        x[:, 2] = -np.inf
+        truth[0, 0, :5] = (0.5, 0.5625, 0.25, 0.0625, 0)
+    probe = Case(dump_yolo_cfg(config), config, flavor, x, truth, meta={"generator": "zero-union probe"})
+    c_roles, t_roles = run_c(probe)[2], run_torch(probe)[2]
+    assert np.array_equal(np.asarray(c_roles), np.asarray(t_roles))
+    assert bool((np.asarray(c_roles) & ROLE_IGNORED).any()) == (flavor == "pjreddie")
+    record = fuzz.compare(probe)
+    assert record["status"] != "mismatch", json.dumps(record.get("details"), indent=1, default=float)
+
 # --------------------------------------------------------------------------
 # The campaign tool itself (short runs)
 

@@ -24,7 +24,7 @@ from parity.replay import ofast_nonfinite, shared_recorded_dir
 from measured import record
 
 RECORDED = shared_recorded_dir()
-SUBSETS = ("alexeyab-O2", "alexeyab", "pjreddie")
+SUBSETS = ("alexeyab-O2", "alexeyab-extra-O2", "alexeyab", "alexeyab-extra", "pjreddie")
 
 
 def _cases(subset: str) -> list[Path]:
@@ -53,15 +53,27 @@ def _replay(path: Path | None):
     return case, res, agreement
 
 
+O2_PARAMS = _params("alexeyab-O2") + _params("alexeyab-extra-O2")
+# -Ofast drift past the rule on DIoU/CIoU box deltas in slots written twice (FORMAT.md): issue 11
+# point 4 (an -Ofast bound in parity/tolerance.py) is not implemented yet. Strict: an XPASS says it is.
+OFAST_DRIFT = {"newcoords_smooth_truth_thresh_s3800040", "newcoords_smooth_truth_thresh_s3800041",
+               "newcoords_smooth_truth_thresh_s3800043", "smooth_v4_truth_thresh_s3800051",
+               "smooth_v4_truth_thresh_s3800052"}
+OFAST_PARAMS = [pytest.param(*p.values, id=p.id, marks=[*p.marks, pytest.mark.xfail(
+    strict=True, reason="-Ofast drift beyond the strict rule (issue 11 point 4)")])
+    if p.values[0] is not None and p.values[0].stem in OFAST_DRIFT and p.values[0].parent.name == "alexeyab-extra"
+    else p for p in _params("alexeyab") + _params("alexeyab-extra")]
+
+
 class TestRecordedAlexeyabO2:
-    @pytest.mark.parametrize("path", _params("alexeyab-O2"))
+    @pytest.mark.parametrize("path", O2_PARAMS)
     def test_agrees_within_rule(self, path):
         _, _, agreement = _replay(path)
         assert agreement.decision_mismatches == 0
         assert agreement.value_mismatches == 0, agreement
         assert not agreement.stats_mismatches
 
-    @pytest.mark.parametrize("path", _params("alexeyab-O2"))
+    @pytest.mark.parametrize("path", O2_PARAMS)
     def test_bit_identical_to_O2_build(self, path):
         # Same operations in the same precision as darknet's -O2 build: equal
         # bits (NaN where darknet has NaN), cost and counters included.
@@ -70,18 +82,19 @@ class TestRecordedAlexeyabO2:
         np.testing.assert_array_equal(res.delta, case.delta)
         assert np.float32(res.stats["cost"]) == np.float32(case.stats["cost"]) or (
             np.isnan(res.stats["cost"]) and np.isnan(case.stats["cost"]))
-        for key in ("rewritten_bbox", "total_bbox", "count"):
-            assert res.stats[key] == case.stats[key], key
+        for key in ("rewritten_bbox", "total_bbox", "count", "count_raw"):
+            if key in case.stats:       # count_raw: alexeyab-extra*/ only
+                assert res.stats[key] == case.stats[key], key
 
 
 class TestRecordedAlexeyabOfast:
-    @pytest.mark.parametrize("path", _params("alexeyab"))
+    @pytest.mark.parametrize("path", OFAST_PARAMS)
     def test_finite_cases_agree_within_rule(self, path):
         case = load_case(path) if path is not None else None
         if case is not None and ofast_nonfinite(case):
             # Not a skip of our code: -Ofast folds darknet's own isnan checks
             # away; the -O2 twin of this case is asserted bit for bit above.
-            assert (RECORDED / "alexeyab-O2" / path.name).exists()
+            assert (RECORDED / f"{path.parent.name}-O2" / path.name).exists()
             return
         _, _, agreement = _replay(path)
         assert agreement, agreement

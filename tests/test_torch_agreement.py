@@ -96,7 +96,8 @@ def _recorded(subset: str) -> list:
 
 
 class TestTorchVsRecordedDarknet:
-    @pytest.mark.parametrize("path", _recorded("alexeyab-O2") + _recorded("alexeyab") + _recorded("pjreddie"))
+    @pytest.mark.parametrize("path", _recorded("alexeyab-O2") + _recorded("alexeyab-extra-O2") + _recorded("alexeyab")
+                             + _recorded("pjreddie"))
     def test_recorded_case_agrees(self, path: Path | None):
         assert path is not None, "CI must have the recorded dev set (../shared/recorded)"
         case = load_case(path)

@@ -169,8 +169,8 @@ def replay_section() -> None:
     for path in paths:
         try:
             case = load_case(path)
-        except ParityError as exc:   # options the parser does not read yet (map=, ...): issue 11
-            print(f"  note: {path.name} not replayed: {exc}", flush=True)
+        except ParityError as exc:   # every recorded option is read now (issue 11): a refusal fails
+            FAIL.add("replay", f"{path}: not replayed: {exc}")
             continue
         agreement = replay_case(case)
         if agreement.skipped is None and not agreement:

@@ -147,6 +147,10 @@ def run_libdarknet(config: YoloConfig, x: np.ndarray, t: np.ndarray, flavor: str
         module note on threads); the figures darknet does not expose are None.
     """
     flavor = check_flavor(flavor)
+    if config.class_map is not None and flavor == "alexeyab":
+        # The shim does not set l.map yet (issue 11): running without it would compare another layer.
+        raise InputError("map= is not passed to a darknet library by this backend yet; compare map= cases "
+                         "with --reference c")
     x, t, shape = check_layer_input(config, x, t, flavor)
     library = find_library(lib_path, include_dir)
     check_library_flavor(library, flavor)

@@ -43,6 +43,7 @@ typedef struct yref_config {
     float scale_x_y;
     int new_coords, objectness_smooth, focal_loss, show_details;
     float label_smooth_eps, max_delta;
+    const int *class_map;
 } yref_config;
 """
 

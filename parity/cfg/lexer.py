@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from ..config import ConfigWarning
-from ..errors import ConfigError
+from ..errors import ConfigError, DarknetInputWarning
 
 _C_SPACE = " \t\n\v\f\r"
 _INT_RE = re.compile(r"[+-]?[0-9]+")
@@ -184,14 +184,19 @@ def _dir_of(filename: str) -> str:
 _PARSER_DIRS = frozenset({_dir_of(__file__), os.path.dirname(_dir_of(__file__))})
 
 
-def warn_at(path: str | None, line: int, message: str) -> None:
-    """Warn (``ConfigWarning``) at ``path:line``, attributed to the first caller outside ``parity``."""
+def warn_at(path: str | None, line: int, message: str, category: type[Warning] = ConfigWarning) -> None:
+    """Warn (``ConfigWarning`` unless told) at ``path:line``, attributed to the first caller outside ``parity``."""
     where = f"{path}:line {line}" if path is not None else f"line {line}"
     frame: FrameType | None = sys._getframe(1)
     level = 2
     while frame is not None and _dir_of(frame.f_code.co_filename) in _PARSER_DIRS:
         frame, level = frame.f_back, level + 1
-    warnings.warn(f"{where}: {message}", ConfigWarning, stacklevel=level)
+    warnings.warn(f"{where}: {message}", category, stacklevel=level)
+
+
+def darknet_reads_at(path: str | None, line: int, message: str) -> None:
+    """A value darknet accepts but reads otherwise than it looks (``DarknetInputWarning``): we mirror darknet."""
+    warn_at(path, line, message, DarknetInputWarning)
 
 
 def read_sections(text: str, path: str | None = None) -> list[Section]:

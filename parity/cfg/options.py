@@ -1,21 +1,25 @@
 """The [net] and [yolo] option tables, read the way each flavor's ``parse_net_options``/``parse_yolo`` does.
 
 Refused (``ConfigError`` at the option's line), where darknet would silently
-misread: infinity except for ``max_delta``, ``map=`` (class remapping, which
-this project does not model), fewer anchors than ``2*num`` (more: AlexeyAB
-reads the first ``2*num``, pjreddie overflows), a [net] size below 1, and
+misread or crash: infinity except for ``max_delta``, more anchors than
+``2*num`` in pjreddie (a heap overflow), a [net] size below 1, and
 whatever ``YoloConfig`` refuses on construction (its invariants live with it,
 in ``parity.config``). Unknown [yolo] options only warn (``ConfigWarning``).
+Values darknet accepts but reads otherwise are read as darknet reads them,
+with a ``DarknetInputWarning`` at the line (docs/options.md has the table):
+an unknown or wrong-case ``iou_loss``/``iou_thresh_kind`` is plain IoU, fewer
+than ``2*num`` anchors leave the rest at 0.5.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from ..config import FLAVORS, PJREDDIE_TRUTH_BOXES, YoloConfig, YoloFieldError
+from ..config import FLAVORS, IOU_KINDS, PJREDDIE_TRUTH_BOXES, THRESH_KINDS, YoloConfig, YoloFieldError
 from ..errors import ConfigError
-from .lexer import Option, Section, c_atof, c_atoi, split_darknet_list, warn_at
+from .lexer import Option, Section, c_atof, c_atoi, darknet_reads_at, split_darknet_list, warn_at
 
 @dataclass(frozen=True)
 class NetOptions:
@@ -69,6 +73,7 @@ _AB_YOLO = (
     ("cls_normalizer", "float", "cls_normalizer"),
     ("delta_normalizer", "float", "delta_normalizer"), ("iou_loss", "str", "iou_loss"),
     ("iou_thresh_kind", "str", "iou_thresh_kind"), ("beta_nms", "float", None),
+    ("map", "str", None),
     ("nms_kind", "str", None), ("jitter", "float", None), ("resize", "float", None),
     ("focal_loss", "int", "focal_loss"), ("ignore_thresh", "float", "ignore_thresh"),
     ("truth_thresh", "float", "truth_thresh"), ("iou_thresh", "float", "iou_thresh"),
@@ -104,8 +109,6 @@ def check_flavor(flavor: str) -> None:
 def parse_yolo(section: Section, net: NetOptions, flavor: str) -> YoloConfig:
     """Read one [yolo] section the way ``flavor``'s ``parse_yolo`` does, then validate."""
     check_flavor(flavor)
-    if section.find("map"):
-        raise section.error("map", "map= (class id remapping) is not supported by darknet-parity")
     table = YOLO_OPTIONS[flavor]
     known = {name for name, _, _ in table}
     values: dict[str, Any] = {}
@@ -115,11 +118,16 @@ def parse_yolo(section: Section, net: NetOptions, flavor: str) -> YoloConfig:
         if opt is None or kind in ("ints", "floats"):
             continue
         parsed = _parse_scalar(section, opt, kind)
+        if target in _STRING_CHOICES:
+            parsed = _darknet_choice(section, opt, target)
         if target is None:
             extra[name] = opt.value
         else:
             values[target] = parsed
     values.update(_yolo_lists(section, flavor, values.get("num", 1)))
+    map_opt = section.find("map") if flavor == "alexeyab" else None
+    if map_opt is not None:
+        values["class_map"] = read_class_map(section, map_opt, values.get("classes", 20))
     for opt in section.options:
         if opt.key not in known and opt.key not in extra:
             warn_at(section.path, opt.line, f"option '{opt.key}' in [yolo] is not read by "
@@ -132,6 +140,57 @@ def parse_yolo(section: Section, net: NetOptions, flavor: str) -> YoloConfig:
                           flavor=flavor, extra=extra)
     except YoloFieldError as err:
         raise section.error(err.option, err.bare) from None
+
+
+# AlexeyAB's parse_yolo compares these with strcmp (case-sensitive); anything else reads as IoU.
+_STRING_CHOICES = {"iou_loss": IOU_KINDS, "iou_thresh_kind": THRESH_KINDS}
+
+
+def _darknet_choice(section: Section, opt: Option, target: str) -> str:
+    """The value darknet uses: an unknown one is plain IoU (iou_thresh_kind with darknet's own warning)."""
+    value = opt.value
+    if value in _STRING_CHOICES[target]:
+        return value
+    what = "IoU loss" if target == "iou_loss" else "IoU for iou_thresh"
+    hint = f": write {value.lower()!r}" if value.lower() in _STRING_CHOICES[target] else (
+        f" (expected one of {', '.join(_STRING_CHOICES[target])})")
+    darknet_reads_at(section.path, opt.line, f"option '{opt.key}': darknet reads {value!r} as plain {what}{hint}")
+    return "iou"
+
+
+def map_file_path(section: Section, value: str) -> Path:
+    """map=NAME relative to the cfg's folder (a recorded case's ``FILE.npz:cfg``: the case's folder)."""
+    name = Path(value)
+    if name.is_absolute() or section.path is None:
+        return name
+    cfg_file = str(section.path)
+    if cfg_file.endswith(":cfg"):
+        cfg_file = cfg_file[: -len(":cfg")]
+    return Path(cfg_file).parent / name
+
+
+def read_class_map(section: Section, opt: Option, classes: int) -> tuple[int, ...]:
+    """darknet's read_map: one atoi per line; an entry >= classes (or < 0) is refused at its line,
+    since darknet writes the class delta out of bounds there."""
+    path = map_file_path(section, opt.value)
+    try:
+        lines = path.read_text(encoding="utf-8", errors="surrogateescape").split("\n")
+    except OSError as err:
+        raise section.error("map", f"cannot read map file {str(path)!r}: {err.strerror or err}") from None
+    if lines and lines[-1] == "":
+        lines.pop()                     # fgetl: a final newline ends the last line
+    values = []
+    for number, line in enumerate(lines, start=1):
+        value = c_atoi(line.strip())
+        value = 0 if value is None else value
+        if len(values) < classes and not 0 <= value < classes:
+            raise section.error("map", f"{path}:line {number}: map value {value} is outside [0, {classes}): "
+                                "darknet writes the class delta out of bounds")
+        values.append(value)
+    if len(values) < classes:
+        raise section.error("map", f"{path} has {len(values)} lines for classes={classes}: darknet reads "
+                            "map[class_id] past its array")
+    return tuple(values)
 
 
 def _parse_scalar(section: Section, opt: Option, kind: str) -> Any:
@@ -165,8 +224,9 @@ def _yolo_lists(section: Section, flavor: str, num: int) -> dict[str, Any]:
         return out
     anchors = _list_items(section, anchors_opt, ab, "float")
     if len(anchors) < 2 * num:
-        raise section.error("anchors", f"{len(anchors)} anchor values for num={num}; "
-                            f"darknet needs {2 * num} and would leave the rest at 0.5")
+        darknet_reads_at(section.path, anchors_opt.line, f"option 'anchors': {len(anchors)} anchor values for "
+                         f"num={num}; darknet reads them and leaves the other {2 * num - len(anchors)} at 0.5")
+        anchors = anchors + [0.5] * (2 * num - len(anchors))
     if len(anchors) > 2 * num:
         if not ab:
             raise section.error("anchors", f"{len(anchors)} anchor values for num={num}: "
