@@ -69,6 +69,11 @@ def targets_from_rows(rows: Tensor, batch_size: int, max_boxes: int = 200) -> Te
     if rows.dim() != 2 or rows.shape[1] != 6:
         raise InputError(f"targets: shape {tuple(rows.shape)}, expected [N, 6] rows "
                          "(image_index, class, x, y, w, h)")
+    whole = rows[:, 0] == torch.floor(rows[:, 0])
+    if rows.is_floating_point() and not bool(whole.all()):
+        bad = int(torch.nonzero(~whole)[0, 0])
+        raise InputError(f"targets: row {bad} has image index {float(rows[bad, 0])!r}; image indices are whole "
+                         "numbers (the first column of (image_index, class, x, y, w, h))")
     img = rows[:, 0].to(torch.long)
     if rows.shape[0] and (int(img.min()) < 0 or int(img.max()) >= batch_size):
         raise InputError(f"targets: image indices must lie in [0, {batch_size}), got "

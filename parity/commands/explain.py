@@ -37,6 +37,9 @@ def add_case_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("case", metavar="CASE",
                         help='a case file (.npz) or a case id: "PROFILE#K", "PROFILE#S/headN" or "FILE.cfg#K"')
     parser.add_argument("--seed", type=int, default=0, help="seed of the sweep a case id refers to (default 0)")
+    parser.add_argument("--cases", type=int, metavar="N",
+                        help="samples of the run the case id comes from (run --cases N; default: the profile's "
+                             "own count, 4 per cfg)")
     parser.add_argument("--profiles-file", metavar="YAML", action="append", default=[],
                         help="extra profile file(s) merged over the shipped ones (for ids of their profiles)")
 
@@ -81,7 +84,7 @@ class Explain(Command):
     def run(self, args: argparse.Namespace) -> int:
         from rich.console import Console
 
-        case = case_from_spec(args.case, args.seed, args.profiles_file)
+        case = case_from_spec(args.case, args.seed, args.profiles_file, args.cases)
         slot = parse_cell(args.cell, case.input.shape, case.config.n)
         view = _SlotView(case, slot, args)
         console = Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else WIDTH)

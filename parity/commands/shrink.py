@@ -91,7 +91,7 @@ class Shrink(Command):
         if args.max_steps < 0:
             raise ParityError(f"--max-steps {args.max_steps}: must be >= 0")
         console = Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else WIDTH)
-        case = case_from_spec(args.case, args.seed, args.profiles_file)
+        case = case_from_spec(args.case, args.seed, args.profiles_file, args.cases)
         label = case_label(case, args.case)
         opts = dataclasses.replace(run_options(args), diagnose=False, top_k=1)
         rule = load_tolerances(opts.tolerances)
