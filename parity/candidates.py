@@ -33,10 +33,11 @@ import re
 import sys
 import sysconfig
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ from torch import Tensor
 
 from .case import Case
 from .config import YoloConfig
-from .errors import InputError, ParityError
+from .errors import CaseTimeout, InputError, Interrupted, ParityError
 from .naive import naive_yolo_loss
 from .roles import ROLE_BEST_ANCHOR, ROLE_EXTRA_ANCHOR, ROLE_IGNORED, ROLE_OBJ_NONFINITE, ROLE_TRUTH_THRESH
 from .torch_layer import yolo_forward
@@ -289,6 +290,8 @@ def _own_frame(exc: BaseException, skip: int = 0) -> str:
     frames = traceback.extract_tb(exc.__traceback__)[skip:]
     libs = _library_dirs()
     own = [f for f in frames if not os.path.realpath(f.filename).startswith(libs)] or frames
+    while len(own) > 1 and own[-1].filename == __file__ and own[-1].name == "refuse":   # the os._exit guard
+        own.pop()
     if not own:
         return ""
     last = own[-1]
@@ -301,8 +304,11 @@ def _describe(exc: BaseException, skip: int = 0) -> str:
     return f"{type(exc).__name__}: {message}" + (f" (at {where})" if where else "")
 
 
-def _raised(candidate: Candidate, exc: BaseException, during: str) -> ParityError:
+def _raised(candidate: Candidate, exc: BaseException, during: str, head: Tensor | None = None) -> ParityError:
     hint = ""
+    if head is not None and (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"):
+        hint = (f"; out of memory on a head of shape {tuple(head.shape)} "
+                f"({head.numel() * head.element_size() / 2**20:.1f} MiB)")
     if candidate.convention is None and "leaf Variable that requires grad" in str(exc):
         hint = ("; the input requires grad to detect a loss convention: if the candidate returns a "
                 "delta or gradient, declare it (--convention delta|grad)")
@@ -337,9 +343,12 @@ def run_candidate(candidate: Candidate, case: Case) -> CandidateOutput:
     if candidate.convention in (None, "loss"):
         head.requires_grad_()
     try:
-        result = candidate.fn(head, truth, config)
-    except Exception as exc:
-        raise _raised(candidate, exc, "when called") from None
+        with _no_process_exit(candidate):
+            result = candidate.fn(head, truth, config)
+    except (Interrupted, CaseTimeout):
+        raise
+    except BaseException as exc:   # SystemExit, KeyboardInterrupt, GeneratorExit too: never a pass
+        raise _raised(candidate, exc, "when called", head) from None
     detected = candidate.convention is None
     convention = candidate.convention
     if detected and _returns_scalar(candidate, result, head, config):
@@ -352,6 +361,34 @@ def run_candidate(candidate: Candidate, case: Case) -> CandidateOutput:
         delta = full if convention == "delta" else -full
     out = np.array(delta.numpy(), dtype=np.float32, copy=True)
     return CandidateOutput(out, convention, detected, int(np.count_nonzero(~np.isfinite(out))))
+
+
+class ProcessExit(BaseException):
+    """A candidate called ``os._exit``: turned into an exception in the process that runs the cases."""
+
+    def __str__(self) -> str:
+        return f"os._exit({self.args[0]!r}) was called (it would end the whole run)"
+
+
+@contextmanager
+def _no_process_exit(candidate: Candidate) -> Iterator[None]:
+    """``os._exit`` raises while the candidate runs in this process (a child it forks still exits).
+
+    Otherwise a candidate calling ``os._exit(0)`` would end the run with exit
+    code 0 and no report: a pass that never ran.
+    """
+    real, pid = os._exit, os.getpid()
+
+    def refuse(code: int) -> None:
+        if os.getpid() != pid:
+            real(code)
+        raise ProcessExit(code)
+
+    os._exit = refuse
+    try:
+        yield
+    finally:
+        os._exit = real
 
 
 def _fresh_input(candidate: Candidate, case: Case) -> Tensor:
@@ -394,6 +431,12 @@ def _not_a_tensor(candidate: Candidate, result: Any, head: Tensor, config: YoloC
 
 
 def _check_float(candidate: Candidate, result: Tensor) -> None:
+    if result.layout != torch.strided:
+        raise ParityError(f"candidate {candidate.name!r} returned a {result.layout} tensor; return a dense "
+                          "(strided) tensor (e.g. .to_dense())")
+    if result.is_meta:
+        raise ParityError(f"candidate {candidate.name!r} returned a tensor on the 'meta' device, which holds no "
+                          "values; return a CPU or CUDA tensor")
     if not result.is_floating_point():
         raise ParityError(f"candidate {candidate.name!r} returned dtype {result.dtype}; a delta, gradient "
                           "or loss must be a floating-point tensor")

@@ -9,6 +9,13 @@ with ``compare_case`` (the reference, the C reference's decisions as judge,
 ``SuiteResult`` with branch coverage: which darknet branches the reference
 took, per profile. Missing coverage is always reported; it fails the run
 only where asked (``RunOptions.require_coverage``).
+
+Nothing hangs and no case passes that did not run: with ``jobs`` the cases
+run in worker processes (``parity.pool``) where a candidate that crashes,
+exits or hangs costs its own case only (an error naming the candidate); in
+this process ``sys.exit``/``os._exit``/``KeyboardInterrupt`` from a candidate
+and a per-case time limit are errors too. SIGINT/SIGTERM stop the run: the
+result keeps the cases done so far and says it is incomplete.
 """
 from __future__ import annotations
 
@@ -25,12 +32,14 @@ import torch
 
 from .candidates import Candidate, load_candidate, run_candidate
 from .case import Case
+from .atomic import write_atomic
 from .cases import CaseRef, build_cases
 from .compare import add_exact, compare
 from .diagnosis import diagnose
 from .diff import CaseDiff
-from .errors import DarknetInputWarning, ParityError
+from .errors import CaseTimeout, DarknetInputWarning, Interrupted, ParityError
 from .facts import slot_facts
+from .pool import interrupts, run_isolated, time_limit
 from .profiles import case_id, load_profiles
 from .reference import run_reference
 from .replay import ofast_nonfinite
@@ -40,6 +49,11 @@ from .torch_layer import yolo_forward
 
 FINITE_ONLY_SKIP = "its input holds NaN/Inf (--finite-only leaves such cases out)"
 SCHEMA = "darknet-parity/suite-result/1"
+# Seconds one case may take before it is an error (--timeout): a YOLOv4 case takes about a second.
+DEFAULT_TIMEOUT = 600.0
+# Extra seconds the parent waits for a worker beyond the case's limit, so the worker's own message wins.
+TIMEOUT_GRACE = 10.0
+_OUT_OF_MEMORY = (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,7 @@ class RunOptions:
     profiles_extra: tuple[str, ...] = ()
     require_coverage: bool = False
     finite_only: bool = False        # leave out cases whose input holds NaN/Inf (said in the summary)
+    timeout: float | None = DEFAULT_TIMEOUT     # seconds per case; None: no limit
 
 
 def compare_case(case: Case, opts: RunOptions, name: str | None = None, rule: ToleranceRule | None = None,
@@ -133,31 +148,43 @@ def _plain(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, type(None)))}
 
 
-def _run_group(args: tuple[list[CaseRef], RunOptions]) -> list[tuple[str, CaseDiff]]:
-    """Compare every case of one sweep (generated once); errors become failed results."""
-    refs, opts = args
-    out = []
+def _run_group(refs: list[CaseRef], opts: RunOptions, *, emit: Callable[[str, CaseDiff], None]) -> None:
+    """Compare every case of one sweep (generated once), emitting each result as it finishes.
+
+    Errors become results: a bad case file or a sweep that cannot be built is
+    an error of the cases it names, and the other groups still run.
+    """
+    done: set[str] = set()
     try:
         rule = load_tolerances(opts.tolerances)
         for ref, case in build_cases(refs, opts.profiles_extra):
-            try:
-                out.append((ref.id, compare_case(case, opts, name=ref.id, rule=rule)))
-            except ParityError as exc:
-                out.append((ref.id, _broken(ref.id, str(exc))))
+            emit(ref.id, _one_case(ref, case, opts, rule))
+            done.add(ref.id)
     except ParityError as exc:
-        done = {rid for rid, _ in out}
-        out += [(r.id, _broken(r.id, str(exc))) for r in refs if r.id not in done]
-    return out
+        for r in refs:
+            if r.id not in done:
+                emit(r.id, _broken(r.id, str(exc)))
+
+
+def _one_case(ref: CaseRef, case: Case, opts: RunOptions, rule: ToleranceRule) -> CaseDiff:
+    """One case's result; a time-out or an out-of-memory is that case's error."""
+    try:
+        with time_limit(opts.timeout):
+            return compare_case(case, opts, name=ref.id, rule=rule)
+    except ParityError as exc:
+        return _broken(ref.id, str(exc))
+    except CaseTimeout:
+        return _broken(ref.id, f"candidate {opts.candidate!r}: no result within {opts.timeout:g} s (--timeout)")
+    except _OUT_OF_MEMORY as exc:
+        return _broken(ref.id, f"out of memory on this case (input {'x'.join(map(str, case.input.shape))}, "
+                               f"{case.input.nbytes / 2**20:.1f} MiB as float32; candidate {opts.candidate!r}): "
+                               f"{type(exc).__name__}: {str(exc).strip()[:200]}")
 
 
 def _broken(name: str, message: str) -> CaseDiff:
     broken = CaseDiff(name, "", (), {})
     broken.error = message
     return broken
-
-
-def _worker_init() -> None:
-    torch.set_num_threads(1)
 
 
 def _groups(refs: Sequence[CaseRef]) -> list[list[CaseRef]]:
@@ -169,36 +196,43 @@ def _groups(refs: Sequence[CaseRef]) -> list[list[CaseRef]]:
     return list(groups.values())
 
 
-def _run_refs(refs: Sequence[CaseRef], opts: RunOptions, jobs: int,
+def _run_refs(refs: Sequence[CaseRef], opts: RunOptions, jobs: int | None,
               collect: Callable[[list[tuple[str, CaseDiff]]], None]) -> None:
-    """Descriptors, whole sweeps per unit of work; ``jobs`` > 1 uses worker processes
-    (spawned: torch is not fork-safe)."""
-    work = [(g, opts) for g in _groups(refs)]
-    if jobs <= 1:
-        for item in work:
-            collect(_run_group(item))
+    """Descriptors, whole sweeps per unit of work: in this process (``jobs`` None), or in
+    ``jobs`` spawned worker processes (torch is not fork-safe) that may die or hang."""
+    groups = _groups(refs)
+    if jobs is None:
+        for group in groups:
+            _run_group(group, opts, emit=lambda rid, res: collect([(rid, res)]))
         return
-    import multiprocessing as mp   # lazy: only --jobs runs need it
 
-    with mp.get_context("spawn").Pool(jobs, initializer=_worker_init) as pool:
-        for batch in pool.imap_unordered(_run_group, work):
-            collect(batch)
+    def lost(rid: str, why: str) -> None:
+        collect([(rid, _broken(rid, f"candidate {opts.candidate!r}: {why}"))])
+
+    limit = None if opts.timeout is None else opts.timeout + TIMEOUT_GRACE
+    run_isolated(groups, lambda ref: ref.id, _worker_group, (opts,), jobs, limit,
+                 lambda rid, res: collect([(rid, res)]), lost)
+
+
+def _worker_group(refs: list[CaseRef], opts: RunOptions, *, emit: Callable[[str, CaseDiff], None]) -> None:
+    """``_run_group`` in a worker process: one torch thread (small per-case tensors)."""
+    torch.set_num_threads(1)
+    _run_group(refs, opts, emit=emit)
 
 
 def _run_live(pairs: Iterable[tuple[CaseRef, Case]], opts: RunOptions, candidate: Candidate | None,
-              rule: ToleranceRule, collect: Callable[[list[tuple[str, CaseDiff]]], None]) -> list[CaseRef]:
-    """Live cases (and maybe a live candidate) in this process; returns the refs in order.
+              rule: ToleranceRule, collect: Callable[[list[tuple[str, CaseDiff]]], None],
+              refs: list[CaseRef]) -> None:
+    """Live cases (and maybe a live candidate) in this process; appends the refs to ``refs`` in order.
 
     Results are named by the case's own id ("tiny.cfg#1/head0": sample and head), as a test reads them.
     """
-    refs = []
     for ref, case in pairs:
         refs.append(ref)
         try:
             collect([(ref.id, compare_case(case, opts, name=case_id(case), rule=rule, candidate=candidate))])
         except ParityError as exc:
             collect([(ref.id, _broken(ref.id, str(exc)))])
-    return refs
 
 
 @dataclass
@@ -214,6 +248,7 @@ class SuiteResult:
     shards: list[str] = field(default_factory=list)
     require_coverage: bool = False        # missing branch coverage fails the run (else it is only reported)
     notes: list[str] = field(default_factory=list)   # what the run did NOT check, said in the summary
+    incomplete: str = ""                  # why some cases never ran (an interrupt); "" for a whole run
 
     @property
     def failed(self) -> list[CaseDiff]:
@@ -232,17 +267,16 @@ class SuiteResult:
 
     @property
     def passed(self) -> bool:
-        return not self.failed and not (self.require_coverage and self.missing_branches)
+        return not self.failed and not self.incomplete and not (self.require_coverage and self.missing_branches)
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "passed": self.passed, "cases": [c.to_json() for c in self.cases],
                 "coverage": self.coverage, "enabled": self.enabled, "options": self.options, "rule": self.rule,
                 "seconds": self.seconds, "shards": self.shards, "require_coverage": self.require_coverage,
-                "notes": self.notes}
+                "notes": self.notes, "incomplete": self.incomplete}
 
     def save(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(self.to_json(), indent=1, default=float))
+        write_atomic(path, json.dumps(self.to_json(), indent=1, default=float).encode())
 
     @classmethod
     def load(cls, path: str | Path) -> "SuiteResult":
@@ -252,11 +286,15 @@ class SuiteResult:
             raise ParityError(f"{path}: not a readable suite result: {exc}") from exc
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise ParityError(f"{path}: not a darknet-parity suite result (schema {SCHEMA})")
+        missing = [key for key in ("cases", "coverage", "enabled") if key not in data]
+        if missing:
+            raise ParityError(f"{path}: a suite result without {', '.join(repr(k) for k in missing)} "
+                              "(not written by run --json, or cut short)")
         try:
             return cls([CaseDiff.from_json(c) for c in data["cases"]], data["coverage"], data["enabled"],
                        data.get("options", {}), data.get("rule", ""), data.get("seconds", 0.0),
                        data.get("shards", []), bool(data.get("require_coverage", False)),
-                       list(data.get("notes", [])))
+                       list(data.get("notes", [])), str(data.get("incomplete", "")))
         except (KeyError, TypeError, ValueError) as exc:
             raise ParityError(f"{path}: a damaged suite result ({type(exc).__name__}: {exc})") from None
 
@@ -284,14 +322,17 @@ def coverage(refs: Sequence[CaseRef], results: Sequence[CaseDiff],
     return hit, enabled
 
 
-def run_suite(cases: Sequence[CaseRef] | Iterable[tuple[CaseRef, Case]], opts: RunOptions, *, jobs: int = 1,
+def run_suite(cases: Sequence[CaseRef] | Iterable[tuple[CaseRef, Case]], opts: RunOptions, *,
+              jobs: int | None = None,
               progress: Callable[[CaseDiff], None] | None = None, shard_spec: str | None = None,
               candidate: Candidate | None = None, rule: ToleranceRule | None = None,
               options: dict[str, Any] | None = None) -> SuiteResult:
     """Run a suite and gather results, coverage and the rule in force: the CLI's and the plugin's runner.
 
-    ``cases`` are descriptors (rebuilt where they run; ``jobs`` > 1 spreads
-    whole sweeps over worker processes) or live ``(ref, case)`` pairs.
+    ``cases`` are descriptors (rebuilt where they run; ``jobs`` N spreads
+    whole sweeps over N worker processes, None runs them here) or live
+    ``(ref, case)`` pairs. SIGINT/SIGTERM end the run early: the result holds
+    the cases done and ``incomplete`` says why.
     ``candidate`` (a live Candidate, e.g. a test's callable) and ``rule`` (a
     live ToleranceRule) override ``opts.candidate``/``opts.tolerances``;
     live inputs run in this process. ``options`` adds entries to the
@@ -310,21 +351,29 @@ def run_suite(cases: Sequence[CaseRef] | Iterable[tuple[CaseRef, Case]], opts: R
 
     cases = cases if isinstance(cases, Sequence) else list(cases)
     live = candidate is not None or any(not isinstance(c, CaseRef) for c in cases)
-    if live and jobs > 1:
-        raise ParityError("--jobs > 1 needs a candidate spec string ('module:callable') and case descriptors; "
+    if live and jobs is not None:
+        raise ParityError("--jobs needs a candidate spec string ('module:callable') and case descriptors; "
                           "a live callable runs in this process")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    refs: list[CaseRef] = []
+    incomplete = ""
     try:
-        if any(not isinstance(c, CaseRef) for c in cases):
-            refs = _run_live(cases, opts, candidate, rule, collect)
-        elif candidate is not None:
-            refs = _run_live(build_cases(cases, opts.profiles_extra), opts, candidate, rule, collect)
-        else:
-            refs = list(cases)
-            _run_refs(refs, opts, jobs, collect)
+        with interrupts():
+            if any(not isinstance(c, CaseRef) for c in cases):
+                _run_live(cases, opts, candidate, rule, collect, refs)
+            elif candidate is not None:
+                _run_live(build_cases(cases, opts.profiles_extra), opts, candidate, rule, collect, refs)
+            else:
+                refs += cases
+                _run_refs(refs, opts, jobs, collect)
+    except Interrupted as exc:
+        total = len(refs) if candidate is None and all(isinstance(c, CaseRef) for c in cases) else len(cases)
+        incomplete = (f"{exc}: {sum(r.id in by_id for r in refs)} of {total} case(s) ran; "
+                      "the others never did")
     finally:
         torch.set_num_threads(threads)
+    refs = [r for r in refs if r.id in by_id]
     results = [by_id[r.id] for r in refs]
     hit, enabled = coverage(refs, results, opts.profiles_extra)
     recorded = dataclasses.asdict(opts)
@@ -332,7 +381,7 @@ def run_suite(cases: Sequence[CaseRef] | Iterable[tuple[CaseRef, Case]], opts: R
     left_out = sum(1 for r in results if r.skipped == FINITE_ONLY_SKIP)
     notes = [f"{left_out} case(s) whose input holds NaN/Inf were left out (--finite-only)"] if left_out else []
     return SuiteResult(results, hit, enabled, recorded, rule.describe(), time.perf_counter() - start,
-                       [shard_spec] if shard_spec else [], opts.require_coverage, notes)
+                       [shard_spec] if shard_spec else [], opts.require_coverage, notes, incomplete)
 
 
 def merge(results: Iterable[SuiteResult]) -> SuiteResult:
@@ -352,4 +401,55 @@ def merge(results: Iterable[SuiteResult]) -> SuiteResult:
         merged.shards += res.shards
         merged.require_coverage = merged.require_coverage or res.require_coverage
         merged.notes += [n for n in res.notes if n not in merged.notes]
+        merged.incomplete = "; ".join(x for x in (merged.incomplete, res.incomplete) if x)
     return merged
+
+
+# What shards of one run share (RunOptions fields and run's own options), checked by ``check_shards``.
+SHARD_KEYS = ("suite", "seed", "cases", "candidate", "convention", "layout", "reference", "tolerances",
+              "profiles_extra", "per_class")
+
+
+def check_shards(results: Sequence[tuple[str, SuiteResult]]) -> None:
+    """ParityError unless ``results`` are the whole set of shards of one run, each once.
+
+    Same suite, seed, candidate and tolerances (the rule in force), one shard
+    count, every index 1..N exactly once, no case in two shards.
+    """
+    if len(results) == 1 and not results[0][1].shards:
+        return
+    specs: dict[int, str] = {}
+    count = None
+    first_path, first = results[0]
+    seen: dict[str, str] = {}
+    for path, res in results:
+        if not res.cases:
+            raise ParityError(f"{path}: holds no cases")
+        if len(res.shards) != 1:
+            raise ParityError(f"{path}: not one shard (run --shard I/N --json writes one); it lists "
+                              f"{len(res.shards)} shard(s)")
+        try:
+            index, total = (int(v) for v in res.shards[0].split("/"))
+        except ValueError:
+            raise ParityError(f"{path}: shard {res.shards[0]!r} is not I/N") from None
+        if count is not None and total != count:
+            raise ParityError(f"{path}: shard {index}/{total} is from a run in {total} shards, {first_path} from "
+                              f"one in {count}")
+        count = total
+        if index in specs:
+            raise ParityError(f"{path}: shard {index}/{total} again (also {specs[index]})")
+        specs[index] = path
+        for key in SHARD_KEYS:
+            if res.options.get(key) != first.options.get(key):
+                raise ParityError(f"{path}: {key} {res.options.get(key)!r} differs from {first_path}'s "
+                                  f"{first.options.get(key)!r}: not shards of one run")
+        if res.rule != first.rule:
+            raise ParityError(f"{path}: its tolerance rule differs from {first_path}'s: not shards of one run")
+        for case in res.cases:
+            if case.case in seen:
+                raise ParityError(f"{path}: case {case.case} is also in {seen[case.case]}")
+            seen[case.case] = path
+    missing = [k for k in range(1, (count or 0) + 1) if k not in specs]
+    if missing:
+        raise ParityError(f"shard(s) {', '.join(f'{k}/{count}' for k in missing)} missing: "
+                          f"{len(specs)} of {count} given")

@@ -12,7 +12,6 @@ NOT an objective whose derivative is that gradient.
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any, Sequence
 
 import torch

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..suite import RunOptions
+from ..atomic import check_writable
+from ..errors import ParityError
+from ..pool import check_jobs, check_timeout
+from ..suite import DEFAULT_TIMEOUT, RunOptions
 
 
 def add_candidate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +28,29 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--junit", metavar="PATH", help="write a JUnit XML report for CI systems")
     group.add_argument("--html", metavar="PATH", help="write a self-contained HTML report with heatmaps")
     group.add_argument("--verbose", action="store_true", help="show every failing case and mismatch")
+
+
+def add_process_arguments(group: argparse._ActionsContainer) -> None:
+    """--jobs and --timeout: where cases run and how long one may take."""
+    group.add_argument("--jobs", type=int, metavar="N",
+                       help="run the cases in N worker processes, 1 up to a bound from this machine's cores and "
+                            "memory: a candidate that crashes, exits or hangs then costs its own case only "
+                            "(default: in this process)")
+    group.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                       help=f"seconds one case may take before it is an error (default {DEFAULT_TIMEOUT:g}; 0: none)")
+
+
+def check_output_paths(args: argparse.Namespace) -> None:
+    """--json/--junit/--html must be writable files: checked before any case runs."""
+    problems = [why for flag in ("json", "junit", "html")
+                if getattr(args, flag, None) and (why := check_writable(getattr(args, flag), f"--{flag}"))]
+    if problems:
+        raise ParityError("; ".join(problems))
+
+
+def jobs_of(args: argparse.Namespace) -> int | None:
+    """--jobs checked against this machine's bound (None: in this process)."""
+    return check_jobs(args.jobs)
 
 
 def add_diff_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,4 +75,5 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         per_class=args.per_class, top_k=args.top_k,
         profiles_extra=tuple(getattr(args, "profiles_file", None) or ()),
         require_coverage=bool(getattr(args, "require_coverage", False)),
-        finite_only=bool(getattr(args, "finite_only", False)))
+        finite_only=bool(getattr(args, "finite_only", False)),
+        timeout=check_timeout(getattr(args, "timeout", DEFAULT_TIMEOUT)))

@@ -6,10 +6,12 @@ message can carry control characters that XML 1.0 cannot hold at all.
 """
 from __future__ import annotations
 
+import io
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..atomic import write_atomic
 from . import _view
 from ._view import bin_xml_escape
 
@@ -88,9 +90,8 @@ def build_junit(result: "SuiteResult") -> ET.Element:
 
 def write_junit(result: "SuiteResult", path: str | Path) -> Path:
     """Write the JUnit XML file (parents created); returns its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tree = ET.ElementTree(build_junit(result))
     ET.indent(tree, space=" ")
-    tree.write(path, encoding="utf-8", xml_declaration=True)
-    return path
+    buffer = io.BytesIO()
+    tree.write(buffer, encoding="utf-8", xml_declaration=True)
+    return write_atomic(path, buffer.getvalue())
