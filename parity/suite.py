@@ -266,8 +266,22 @@ class SuiteResult:
         return out
 
     @property
+    def whole_suite(self) -> bool:
+        """Not one shard: a plain run, or shards merged into all of 1/N..N/N."""
+        if not self.shards:
+            return True
+        counts = {s.split("/")[1] for s in self.shards}
+        return len(counts) == 1 and sorted(self.shards) == sorted(f"{i}/{n}" for n in counts
+                                                                  for i in range(1, int(n) + 1))
+
+    @property
+    def coverage_fails(self) -> bool:
+        """Missing branch coverage fails a run only where asked for, and never a single shard."""
+        return self.require_coverage and self.whole_suite and bool(self.missing_branches)
+
+    @property
     def passed(self) -> bool:
-        return not self.failed and not self.incomplete and not (self.require_coverage and self.missing_branches)
+        return not self.failed and not self.incomplete and not self.coverage_fails
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "passed": self.passed, "cases": [c.to_json() for c in self.cases],

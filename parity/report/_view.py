@@ -365,13 +365,17 @@ def verdict_text(result: "SuiteResult") -> str:
     c = counts(result)
     if result.passed:
         skipped = f" ({c.skipped} skipped)" if c.skipped else ""
-        return (f"PARITY: all {c.cases - c.skipped} compared cases match darknet under the tolerance rule{skipped}, "
-                "and every enabled branch was hit")
+        coverage = ("every enabled branch was hit" if not c.missing_branches else
+                    f"{c.missing_branches} enabled branches never hit (reported; --require-coverage makes it fail)")
+        return (f"PARITY: all {c.cases - c.skipped} compared cases match darknet under the tolerance rule{skipped}; "
+                + coverage)
     parts = []
     if c.failed or c.errors:
         parts.append(f"{c.failed + c.errors} of {c.cases} cases failed"
                      + (f" ({c.errors} could not be compared)" if c.errors else ""))
-    if c.missing_branches:
+    if getattr(result, "incomplete", ""):
+        parts.append(f"incomplete: {result.incomplete}")
+    if result.coverage_fails:
         parts.append(f"{c.missing_branches} enabled branches never hit")
     return ("ERROR: " if c.errors else "MISMATCH: ") + "; ".join(parts)
 
