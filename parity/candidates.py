@@ -46,6 +46,7 @@ from torch import Tensor
 from .case import Case
 from .config import YoloConfig
 from .errors import CaseTimeout, InputError, Interrupted, ParityError
+from .frameworks import FRAMEWORKS, detect_framework, run_foreign
 from .naive import naive_yolo_loss
 from .roles import ROLE_BEST_ANCHOR, ROLE_EXTRA_ANCHOR, ROLE_IGNORED, ROLE_OBJ_NONFINITE, ROLE_TRUTH_THRESH
 from .torch_layer import yolo_forward
@@ -128,9 +129,10 @@ def _check_device(device: str) -> None:
         raise ParityError(f"unknown device {device!r}: {exc}") from None
 
 
-def _from_spec(spec: str, convention: str | None, layout: str, device: str) -> Candidate:
+def _from_spec(spec: str, convention: str | None, layout: str, device: str,
+               framework: str | None = None) -> Candidate:
     """Unpickling target: a worker re-loads the candidate by its spec."""
-    return load_candidate(spec, convention=convention, layout=layout, device=device)
+    return load_candidate(spec, convention=convention, layout=layout, device=device, framework=framework)
 
 
 @dataclass(frozen=True)
@@ -149,24 +151,28 @@ class Candidate:
     convention: str | None = None
     layout: str = "nchw"
     device: str = "cpu"
+    framework: str | None = None     # "torch", "jax" or "tf"; None: detected from the callable's module
 
     def __post_init__(self) -> None:
         _check_choice("convention", self.convention, CONVENTIONS, allow_none=True)
         _check_choice("layout", self.layout, LAYOUTS, allow_none=False)
+        _check_choice("framework", self.framework, FRAMEWORKS, allow_none=True)
         _check_device(self.device)
         if not callable(self.fn):
             raise ParityError(f"candidate {self.name!r}: {type(self.fn).__name__} is not callable")
+        if self.framework is None:
+            object.__setattr__(self, "framework", detect_framework(self.fn))
 
-    def spec(self) -> tuple[str, str | None, str, str]:
-        """``(spec, convention, layout, device)``: what a worker needs to re-load this candidate."""
-        return (self.name, self.convention, self.layout, self.device)
+    def spec(self) -> tuple[str, str | None, str, str, str | None]:
+        """``(spec, convention, layout, device, framework)``: what a worker needs to re-load this candidate."""
+        return (self.name, self.convention, self.layout, self.device, self.framework)
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return (_from_spec, self.spec())
 
 
 def load_candidate(spec: str, *, convention: str | None = None, layout: str = "nchw",
-                   device: str = "cpu") -> Candidate:
+                   device: str = "cpu", framework: str | None = None) -> Candidate:
     """``"parity"``, ``"naive"``, ``"package.module:callable"`` or ``"path/to/file.py:callable"``.
 
     Deterministic: the same spec gives the same callable (modules are cached
@@ -184,7 +190,7 @@ def load_candidate(spec: str, *, convention: str | None = None, layout: str = "n
         if convention not in (None, own):
             raise ParityError(f"candidate {spec!r} is built in and returns a {own}; "
                               f"convention {convention!r} does not apply")
-        return Candidate(spec, fn, own, layout, device)
+        return Candidate(spec, fn, own, layout, device, "torch")
     where, attr = _split_spec(spec)
     if _is_file_spec(where):
         path = _resolve_file(where)
@@ -195,7 +201,7 @@ def load_candidate(spec: str, *, convention: str | None = None, layout: str = "n
     if not callable(fn):
         raise ParityError(f"candidate {name!r}: {attr} is a {type(fn).__name__}, not a callable "
                           "fn(input, truth, config)")
-    return Candidate(name, fn, convention, layout, device)
+    return Candidate(name, fn, convention, layout, device, framework)
 
 
 def _split_spec(spec: str) -> tuple[str, str]:
@@ -338,6 +344,8 @@ def run_candidate(candidate: Candidate, case: Case) -> CandidateOutput:
     loss that does not depend on the input) is a ``ParityError`` naming it.
     """
     config = case.config
+    if candidate.framework not in (None, "torch"):
+        return _run_foreign(candidate, case)
     head = _fresh_input(candidate, case)
     truth = _fresh_truth(case, candidate.device)
     if candidate.convention in (None, "loss"):
@@ -389,6 +397,34 @@ def _no_process_exit(candidate: Candidate) -> Iterator[None]:
         yield
     finally:
         os._exit = real
+
+
+def _run_foreign(candidate: Candidate, case: Case) -> CandidateOutput:
+    """A JAX or TF candidate: its arrays in, its gradient for a loss, darknet's delta out."""
+    config = case.config
+    head = _fresh_input(Candidate(candidate.name, candidate.fn, candidate.convention, candidate.layout, "cpu",
+                                  candidate.framework), case)
+    x = head.numpy()
+    truth = _fresh_truth(case, "cpu").numpy()
+    got = run_foreign(candidate.framework, candidate.fn, x, truth, config, candidate.convention, candidate.name)
+    detected = candidate.convention is None
+    if got.grad is not None:
+        convention = "loss"
+        full = torch.from_numpy(np.array(got.grad, np.float32))
+        delta = -to_nchw(full, config, candidate.layout).contiguous()
+    else:
+        value = np.asarray(got.value)
+        if value.shape != x.shape:
+            raise ParityError(f"candidate {candidate.name!r} returned shape {value.shape}, expected the input's "
+                              f"shape {x.shape}: {_expected_shapes(head, config, candidate.layout)}")
+        if not np.issubdtype(value.dtype, np.floating):
+            raise ParityError(f"candidate {candidate.name!r} returned dtype {value.dtype}; a delta, gradient or "
+                              "loss must be floating point")
+        full = to_nchw(torch.from_numpy(np.array(value, np.float32)), config, candidate.layout).contiguous()
+        convention = candidate.convention or _detect_sign(candidate, full, case)
+        delta = full if convention == "delta" else -full
+    out = np.array(delta.numpy(), dtype=np.float32, copy=True)
+    return CandidateOutput(out, convention, detected, int(np.count_nonzero(~np.isfinite(out))))
 
 
 def _fresh_input(candidate: Candidate, case: Case) -> Tensor:

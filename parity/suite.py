@@ -73,6 +73,7 @@ class RunOptions:
     diagnose: bool = True
     profiles_extra: tuple[str, ...] = ()
     require_coverage: bool = False
+    framework: str | None = None     # the candidate's: torch, jax or tf (None: detected)
     finite_only: bool = False        # leave out cases whose input holds NaN/Inf (said in the summary)
     timeout: float | None = DEFAULT_TIMEOUT     # seconds per case; None: no limit
 
@@ -122,7 +123,7 @@ def _compare_case(case: Case, opts: RunOptions, name: str | None, rule: Toleranc
     facts = slot_facts(case, judge, rule.default.atol, rule.default.rtol)
     if candidate is None:
         candidate = load_candidate(opts.candidate, convention=opts.convention, layout=opts.layout,
-                                   device=opts.device)
+                                   device=opts.device, framework=opts.framework)
     try:
         out = run_candidate(candidate, case)
     except ParityError as exc:

@@ -838,7 +838,7 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
     n, C = config.n, config.classes
     E = 5 + C
     dev = x.device
-    output = x.clone()
+    output = x.clone(memory_format=torch.contiguous_format)   # a permuted input must not keep its strides
     delta = torch.zeros_like(output)
     mult_np = config.classes_multipliers() if flavor == "alexeyab" else None
     anchors = torch.tensor(np.asarray(config.anchors[: 2 * config.num], dtype=np.float32).reshape(-1, 2)).to(dtype)

@@ -155,3 +155,18 @@ class TestLayouts:
     def test_unknown_layout_is_refused(self):
         with pytest.raises(InputError, match="layout"):
             DarknetYoloLoss(_case(1).config, layout="nhwc")
+
+
+def test_a_non_contiguous_head_gives_the_same_result():
+    # A head that is a permuted view (a port's bnhwc tensor turned back) must not keep its strides inside.
+    import numpy as np
+
+    from parity.generate import random_case, random_config
+
+    case = random_case(4, random_config(np.random.default_rng([21, 4]), "alexeyab"))
+    x = torch.from_numpy(case.input)
+    strided = x.permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2)
+    assert not strided.is_contiguous()
+    a = yolo_forward(x, torch.from_numpy(case.truth), case.config)
+    b = yolo_forward(strided, torch.from_numpy(case.truth), case.config)
+    assert torch.equal(a.delta, b.delta) and torch.equal(a.output, b.output)

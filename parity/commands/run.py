@@ -88,7 +88,8 @@ def preflight(opts) -> None:
     """Fail once, before any case runs, on what would fail every case: the candidate, the library."""
     from ..candidates import load_candidate
 
-    load_candidate(opts.candidate, convention=opts.convention, layout=opts.layout, device=opts.device)
+    load_candidate(opts.candidate, convention=opts.convention, layout=opts.layout, device=opts.device,
+                   framework=opts.framework)
     if opts.reference == "libdarknet":
         from ..backends.darknet_library import find_library
         from ..backends.libdarknet import load_shim

@@ -97,6 +97,7 @@ class Shrink(Command):
         opts = dataclasses.replace(run_options(args), diagnose=False, top_k=1)
         rule = load_tolerances(opts.tolerances)
         candidate = load_candidate(opts.candidate, convention=opts.convention, layout=opts.layout,
+                                   framework=opts.framework,
                                    device=opts.device)
         first = compare_case(case, opts, name=label, rule=rule, candidate=candidate)
         if first.skipped:
