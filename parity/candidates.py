@@ -106,6 +106,14 @@ def naive_loss(input: Tensor, truth: Tensor, config: YoloConfig) -> Tensor:
     return naive_yolo_loss(to_nchw(input, config, _layout_of(input)).contiguous(), truth, config)
 
 
+def _per_head_as_network(fn: CandidateFn, convention: str) -> Callable[..., Any]:
+    """A per-head built-in as a whole-network candidate: a list of deltas, or the sum of the losses."""
+    def network(inputs: list[Tensor], truth: Tensor, configs: list[YoloConfig]) -> Any:
+        parts = [fn(x, truth, c) for x, c in zip(inputs, configs)]
+        return torch.stack(parts).sum() if convention == "loss" else parts
+    return network
+
+
 BUILTINS: dict[str, tuple[CandidateFn, str]] = {
     "parity": (parity_delta, "delta"),
     "naive": (naive_loss, "loss"),
@@ -130,9 +138,10 @@ def _check_device(device: str) -> None:
 
 
 def _from_spec(spec: str, convention: str | None, layout: str, device: str,
-               framework: str | None = None) -> Candidate:
+               framework: str | None = None, network: bool = False) -> Candidate:
     """Unpickling target: a worker re-loads the candidate by its spec."""
-    return load_candidate(spec, convention=convention, layout=layout, device=device, framework=framework)
+    return load_candidate(spec, convention=convention, layout=layout, device=device, framework=framework,
+                          network=network)
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,7 @@ class Candidate:
     layout: str = "nchw"
     device: str = "cpu"
     framework: str | None = None     # "torch", "jax" or "tf"; None: detected from the callable's module
+    network: bool = False            # fn(inputs: list, truth, configs: list): every head of a sample at once
 
     def __post_init__(self) -> None:
         _check_choice("convention", self.convention, CONVENTIONS, allow_none=True)
@@ -163,16 +173,16 @@ class Candidate:
         if self.framework is None:
             object.__setattr__(self, "framework", detect_framework(self.fn))
 
-    def spec(self) -> tuple[str, str | None, str, str, str | None]:
-        """``(spec, convention, layout, device, framework)``: what a worker needs to re-load this candidate."""
-        return (self.name, self.convention, self.layout, self.device, self.framework)
+    def spec(self) -> tuple[str, str | None, str, str, str | None, bool]:
+        """``(spec, convention, layout, device, framework, network)``: what a worker needs to re-load it."""
+        return (self.name, self.convention, self.layout, self.device, self.framework, self.network)
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return (_from_spec, self.spec())
 
 
 def load_candidate(spec: str, *, convention: str | None = None, layout: str = "nchw",
-                   device: str = "cpu", framework: str | None = None) -> Candidate:
+                   device: str = "cpu", framework: str | None = None, network: bool = False) -> Candidate:
     """``"parity"``, ``"naive"``, ``"package.module:callable"`` or ``"path/to/file.py:callable"``.
 
     Deterministic: the same spec gives the same callable (modules are cached
@@ -190,7 +200,9 @@ def load_candidate(spec: str, *, convention: str | None = None, layout: str = "n
         if convention not in (None, own):
             raise ParityError(f"candidate {spec!r} is built in and returns a {own}; "
                               f"convention {convention!r} does not apply")
-        return Candidate(spec, fn, own, layout, device, "torch")
+        if network:
+            fn = _per_head_as_network(fn, own)
+        return Candidate(spec, fn, own, layout, device, "torch", network)
     where, attr = _split_spec(spec)
     if _is_file_spec(where):
         path = _resolve_file(where)
@@ -201,7 +213,9 @@ def load_candidate(spec: str, *, convention: str | None = None, layout: str = "n
     if not callable(fn):
         raise ParityError(f"candidate {name!r}: {attr} is a {type(fn).__name__}, not a callable "
                           "fn(input, truth, config)")
-    return Candidate(name, fn, convention, layout, device, framework)
+    if network and framework not in (None, "torch"):
+        raise ParityError(f"candidate {name!r}: whole-network candidates are PyTorch callables")
+    return Candidate(name, fn, convention, layout, device, framework, network)
 
 
 def _split_spec(spec: str) -> tuple[str, str]:

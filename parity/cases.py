@@ -130,6 +130,45 @@ def build_cases(refs: Sequence[CaseRef], profiles_extra: Sequence[str] = ()) -> 
             raise ParityError(f"{first.source}: the sweep has fewer than {last + 1} cases")
 
 
+def build_samples(refs: Sequence[CaseRef], profiles_extra: Sequence[str] = ()
+                  ) -> Iterator[tuple[CaseRef, Case, list[Case]]]:
+    """Like ``build_cases``, with every case's whole sample: all heads of its sample, in head order.
+
+    A whole-network candidate needs every head of a sample even when a shard
+    selects only some of them; each sample's list is one shared object.
+    """
+    pending: dict[tuple[str, str, int, int], dict[int, CaseRef]] = {}
+    for ref in refs:
+        if ref.kind == "file":
+            case = load_case(ref.source)
+            yield ref, case, [case]
+        else:
+            pending.setdefault((ref.kind, ref.source, ref.seed, ref.count), {})[ref.index] = ref
+    for wanted in pending.values():
+        first = next(iter(wanted.values()))
+        last = max(wanted)
+        samples: dict[object, list[Case]] = {}
+        cases: list[Case] = []
+        for k, case in enumerate(_sweep(first, profiles_extra)):
+            cases.append(case)
+            samples.setdefault(case.meta.get("sample", k), []).append(case)
+            if k >= last and _sample_done(case, k, first):
+                break
+        if len(cases) <= last:
+            raise ParityError(f"{first.source}: the sweep has fewer than {last + 1} cases")
+        for k, ref in sorted(wanted.items()):
+            case = cases[k]
+            yield ref, case, samples[case.meta.get("sample", k)]
+
+
+def _sample_done(case: Case, k: int, ref: CaseRef) -> bool:
+    """Whether ``case`` is the last head of its sample (the next case starts another sample)."""
+    heads = case.meta.get("heads")
+    if heads is not None:
+        return int(case.meta.get("head", 0)) + 1 >= int(heads)
+    return True
+
+
 def build_case(ref: CaseRef, profiles_extra: Sequence[str] = ()) -> Case:
     """The one case a descriptor names."""
     return next(case for _, case in build_cases([ref], profiles_extra))

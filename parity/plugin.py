@@ -270,7 +270,8 @@ class DarknetParity:
               profile: str | None = None, config: "YoloConfig | None" = None, cases: int | None = None,
               seed: int | None = None, convention: str | None = None, layout: str = "nchw",
               flavor: str | None = None, device: str = "cpu", tolerances: Any = None,
-              finite_only: bool = False, framework: str | None = None) -> "SuiteResult":
+              finite_only: bool = False, framework: str | None = None,
+              network: bool = False) -> "SuiteResult":
         """Compare ``fn`` with darknet's [yolo] layer; fail the test on any failing case.
 
         ``fn(input, truth, config)`` returns darknet's delta, a gradient or a
@@ -284,8 +285,10 @@ class DarknetParity:
         ``parity.tolerance.ToleranceRule``. ``finite_only`` (or the option
         --darknet-parity-finite-only) leaves out cases whose input holds
         NaN/Inf. ``framework`` ("torch", "jax", "tf"; None detects it from
-        the callable's module) says which arrays ``fn`` takes. Returns the
-        ``SuiteResult``.
+        the callable's module) says which arrays ``fn`` takes. ``network=True``:
+        ``fn(inputs, truth, configs)`` takes every head of a sample at once
+        (lists), returning a scalar loss or one delta/gradient per head.
+        Returns the ``SuiteResult``.
         """
         given = [name for name, value in (("cfg", cfg), ("profile", profile), ("config", config))
                  if value is not None]
@@ -301,7 +304,7 @@ class DarknetParity:
         from .suite import RunOptions, run_suite
         from .tolerance import ToleranceRule, load_tolerances
 
-        candidate = _candidate(fn, convention, layout, device, framework)
+        candidate = _candidate(fn, convention, layout, device, framework, network)
         if isinstance(tolerances, ToleranceRule):
             rule, tol_path = tolerances, None
         elif tolerances is None or isinstance(tolerances, (str, os.PathLike)):
@@ -319,7 +322,7 @@ class DarknetParity:
 
         opts = RunOptions(candidate=candidate.name, convention=candidate.convention, layout=layout, device=device,
                           tolerances=tol_path, require_coverage=self._session.require_coverage,
-                          finite_only=finite_only or self._session.finite_only)
+                          finite_only=finite_only or self._session.finite_only, network=network)
         result = run_suite(sweep, opts, candidate=candidate, rule=rule,
                            options={"source": source, "cases": count, "seed": seed})
         self.results.append(result)
@@ -368,18 +371,20 @@ def _choice(what: str, value: Any, choices: tuple[str, ...], allow_none: bool) -
                                 f"{', '.join(choices)}{extra}")
 
 
-def _candidate(fn: Any, convention: str | None, layout: str, device: str, framework: str | None = None) -> Any:
+def _candidate(fn: Any, convention: str | None, layout: str, device: str, framework: str | None = None,
+               network: bool = False) -> Any:
     """A ``parity.candidates.Candidate`` from a callable or a spec string."""
     from .candidates import Candidate, load_candidate
 
     if isinstance(fn, str):
-        return load_candidate(fn, convention=convention, layout=layout, device=device, framework=framework)
+        return load_candidate(fn, convention=convention, layout=layout, device=device, framework=framework,
+                              network=network)
     if not callable(fn):
         raise pytest.UsageError(f"darknet_parity.check(fn): {type(fn).__name__} is neither a callable "
                                 "fn(input, truth, config) nor a spec string 'module:callable'")
     module = getattr(fn, "__module__", None) or "?"
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
-    return Candidate(f"{module}:{name}", fn, convention, layout, device, framework)
+    return Candidate(f"{module}:{name}", fn, convention, layout, device, framework, network)
 
 
 def _short(name: str) -> str:

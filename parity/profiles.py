@@ -436,7 +436,7 @@ def _sample_cases(name: str, heads: Sequence[HeadGrid], flavor: str, features: C
                                flavor=flavor, label=f"parity.profiles {name}#{k} seed={seed}")
         for case in cases:
             case.meta.update(meta)
-            case.meta.update({"sample": k, "profile_seed": seed, "forced": force,
+            case.meta.update({"sample": k, "heads": len(heads), "profile_seed": seed, "forced": force,
                               "case_id": f"{name}#{k}/head{case.meta['head']}"})
             yield case
 

@@ -25,7 +25,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -33,12 +33,13 @@ import torch
 from .candidates import Candidate, load_candidate, run_candidate
 from .case import Case
 from .atomic import write_atomic
-from .cases import CaseRef, build_cases
+from .cases import CaseRef, build_samples
 from .compare import add_exact, compare
 from .diagnosis import diagnose
 from .diff import CaseDiff
 from .errors import CaseTimeout, DarknetInputWarning, Interrupted, ParityError
 from .facts import slot_facts
+from .network import Sample
 from .pool import interrupts, run_isolated, time_limit
 from .profiles import case_id, load_profiles
 from .reference import run_reference
@@ -74,12 +75,13 @@ class RunOptions:
     profiles_extra: tuple[str, ...] = ()
     require_coverage: bool = False
     framework: str | None = None     # the candidate's: torch, jax or tf (None: detected)
+    network: bool = False            # the candidate takes every head of a sample at once
     finite_only: bool = False        # leave out cases whose input holds NaN/Inf (said in the summary)
     timeout: float | None = DEFAULT_TIMEOUT     # seconds per case; None: no limit
 
 
 def compare_case(case: Case, opts: RunOptions, name: str | None = None, rule: ToleranceRule | None = None,
-                 candidate: Candidate | None = None) -> CaseDiff:
+                 candidate: Candidate | None = None, sample: Sample | None = None) -> CaseDiff:
     """Reference and candidate on one case, compared term by term (and diagnosed if failing).
 
     For a recorded case the recorded delta is the reference (darknet itself);
@@ -87,6 +89,8 @@ def compare_case(case: Case, opts: RunOptions, name: str | None = None, rule: To
     counts always come from the C reference's run on the same input.
     ``candidate`` (a live ``parity.candidates.Candidate``) overrides
     ``opts.candidate`` for in-process callers such as the pytest plugin.
+    ``sample`` holds every head of the case's sample, for a whole-network
+    candidate (run once per sample; without it the case is a one-head sample).
 
     A candidate that raises or returns the wrong thing, or returns NaN/Inf
     where the reference's delta is finite, gives a result with ``error`` set
@@ -95,7 +99,7 @@ def compare_case(case: Case, opts: RunOptions, name: str | None = None, rule: To
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DarknetInputWarning)
-        return _compare_case(case, opts, name, rule or load_tolerances(opts.tolerances), candidate)
+        return _compare_case(case, opts, name, rule or load_tolerances(opts.tolerances), candidate, sample)
 
 
 def _reference_run(case: Case, opts: RunOptions, judge: LayerRun) -> LayerRun:
@@ -110,7 +114,7 @@ def _reference_run(case: Case, opts: RunOptions, judge: LayerRun) -> LayerRun:
 
 
 def _compare_case(case: Case, opts: RunOptions, name: str | None, rule: ToleranceRule,
-                  candidate: Candidate | None) -> CaseDiff:
+                  candidate: Candidate | None, sample: Sample | None) -> CaseDiff:
     name = name or case.name
     if ofast_nonfinite(case) or (opts.finite_only and not np.isfinite(case.input).all()):
         skipped = CaseDiff(name, case.flavor, tuple(case.input.shape), rule.as_dict(), meta=_plain(case.meta))
@@ -123,9 +127,12 @@ def _compare_case(case: Case, opts: RunOptions, name: str | None, rule: Toleranc
     facts = slot_facts(case, judge, rule.default.atol, rule.default.rtol)
     if candidate is None:
         candidate = load_candidate(opts.candidate, convention=opts.convention, layout=opts.layout,
-                                   device=opts.device, framework=opts.framework)
+                                   device=opts.device, framework=opts.framework, network=opts.network)
     try:
-        out = run_candidate(candidate, case)
+        if candidate.network:
+            out = (sample or Sample([case])).output_for(candidate, case)
+        else:
+            out = run_candidate(candidate, case)
     except ParityError as exc:
         failed = CaseDiff(name, case.flavor, tuple(case.input.shape), rule.as_dict(), branches=judge.branches,
                           meta=_plain(case.meta))
@@ -156,10 +163,12 @@ def _run_group(refs: list[CaseRef], opts: RunOptions, *, emit: Callable[[str, Ca
     an error of the cases it names, and the other groups still run.
     """
     done: set[str] = set()
+    samples: dict[int, Sample] = {}
     try:
         rule = load_tolerances(opts.tolerances)
-        for ref, case in build_cases(refs, opts.profiles_extra):
-            emit(ref.id, _one_case(ref, case, opts, rule))
+        for ref, case, heads in build_samples(refs, opts.profiles_extra):
+            sample = samples.setdefault(id(heads), Sample(heads)) if opts.network else None
+            emit(ref.id, _one_case(ref, case, opts, rule, sample))
             done.add(ref.id)
     except ParityError as exc:
         for r in refs:
@@ -167,11 +176,12 @@ def _run_group(refs: list[CaseRef], opts: RunOptions, *, emit: Callable[[str, Ca
                 emit(r.id, _broken(r.id, str(exc)))
 
 
-def _one_case(ref: CaseRef, case: Case, opts: RunOptions, rule: ToleranceRule) -> CaseDiff:
+def _one_case(ref: CaseRef, case: Case, opts: RunOptions, rule: ToleranceRule,
+              sample: Sample | None = None) -> CaseDiff:
     """One case's result; a time-out or an out-of-memory is that case's error."""
     try:
         with time_limit(opts.timeout):
-            return compare_case(case, opts, name=ref.id, rule=rule)
+            return compare_case(case, opts, name=ref.id, rule=rule, sample=sample)
     except ParityError as exc:
         return _broken(ref.id, str(exc))
     except CaseTimeout:
@@ -228,12 +238,45 @@ def _run_live(pairs: Iterable[tuple[CaseRef, Case]], opts: RunOptions, candidate
 
     Results are named by the case's own id ("tiny.cfg#1/head0": sample and head), as a test reads them.
     """
-    for ref, case in pairs:
+    network = candidate.network if candidate is not None else opts.network
+    for ref, case, sample in _with_samples(pairs, network):
         refs.append(ref)
         try:
-            collect([(ref.id, compare_case(case, opts, name=case_id(case), rule=rule, candidate=candidate))])
+            collect([(ref.id, compare_case(case, opts, name=case_id(case), rule=rule, candidate=candidate,
+                                           sample=sample))])
         except ParityError as exc:
             collect([(ref.id, _broken(ref.id, str(exc)))])
+
+
+def _with_samples(pairs: Iterable[tuple], network: bool) -> Iterator[tuple[CaseRef, Case, Sample | None]]:
+    """``(ref, case, sample)``: for a whole-network candidate the heads of one sample share a ``Sample``.
+
+    ``pairs`` are ``(ref, case)`` (consecutive heads of a sample are grouped by
+    the case's sample number) or ``(ref, case, heads)`` from ``build_samples``.
+    """
+    if not network:
+        for item in pairs:
+            yield item[0], item[1], None
+        return
+    shared: dict[int, Sample] = {}
+    buffer: list[tuple[CaseRef, Case]] = []
+
+    def flush() -> Iterator[tuple[CaseRef, Case, Sample | None]]:
+        sample = Sample([c for _, c in buffer])
+        for ref, case in buffer:
+            yield ref, case, sample
+        buffer.clear()
+
+    for item in pairs:
+        if len(item) == 3:
+            yield item[0], item[1], shared.setdefault(id(item[2]), Sample(item[2]))
+            continue
+        ref, case = item
+        if buffer and (case.meta.get("sample") is None or case.meta.get("sample") != buffer[-1][1].meta.get("sample")
+                       or ref.source != buffer[-1][0].source):
+            yield from flush()
+        buffer.append((ref, case))
+    yield from flush() if buffer else iter(())
 
 
 @dataclass
@@ -378,7 +421,7 @@ def run_suite(cases: Sequence[CaseRef] | Iterable[tuple[CaseRef, Case]], opts: R
             if any(not isinstance(c, CaseRef) for c in cases):
                 _run_live(cases, opts, candidate, rule, collect, refs)
             elif candidate is not None:
-                _run_live(build_cases(cases, opts.profiles_extra), opts, candidate, rule, collect, refs)
+                _run_live(build_samples(cases, opts.profiles_extra), opts, candidate, rule, collect, refs)
             else:
                 refs += cases
                 _run_refs(refs, opts, jobs, collect)

@@ -20,6 +20,9 @@ def add_candidate_arguments(parser: argparse.ArgumentParser) -> None:
                        help="head layout the callable takes and returns: darknet's [b, n*(5+c), h, w] (default) "
                             "or [b, n, h, w, 5+c]")
     group.add_argument("--device", default="cpu", help="torch device for the candidate (default cpu)")
+    group.add_argument("--whole-network", action="store_true",
+                       help="the callable takes every head of a sample at once: fn(inputs: list, truth, "
+                            "configs: list) returning a scalar loss or one delta/gradient per head")
     group.add_argument("--framework", choices=("torch", "jax", "tf"),
                        help="what the callable is written in (default: detected from its module); JAX and TF "
                             "candidates get their own arrays, and a returned loss is differentiated with "
@@ -81,4 +84,5 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         require_coverage=bool(getattr(args, "require_coverage", False)),
         finite_only=bool(getattr(args, "finite_only", False)),
         framework=getattr(args, "framework", None),
+        network=bool(getattr(args, "whole_network", False)),
         timeout=check_timeout(getattr(args, "timeout", DEFAULT_TIMEOUT)))

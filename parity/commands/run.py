@@ -89,7 +89,7 @@ def preflight(opts) -> None:
     from ..candidates import load_candidate
 
     load_candidate(opts.candidate, convention=opts.convention, layout=opts.layout, device=opts.device,
-                   framework=opts.framework)
+                   framework=opts.framework, network=opts.network)
     if opts.reference == "libdarknet":
         from ..backends.darknet_library import find_library
         from ..backends.libdarknet import load_shim
