@@ -61,6 +61,7 @@ REPORT_MAX_CASES = 5                # failing cases shown in detail in the failu
 _CONVENTIONS = ("delta", "grad", "loss")   # parity.candidates.CONVENTIONS, without importing torch
 _LAYOUTS = ("nchw", "bnhwc")               # parity.candidates.LAYOUTS
 _FLAVORS = ("alexeyab", "pjreddie")        # parity.config.FLAVORS
+_BUILDS = ("auto", "o2", "ofast")          # parity.suite.REFERENCE_BUILDS
 
 SESSION_KEY = pytest.StashKey["ParitySession"]()
 
@@ -270,7 +271,7 @@ class DarknetParity:
               profile: str | None = None, config: "YoloConfig | None" = None, cases: int | None = None,
               seed: int | None = None, convention: str | None = None, layout: str = "nchw",
               flavor: str | None = None, device: str = "cpu", tolerances: Any = None,
-              finite_only: bool = False) -> "SuiteResult":
+              finite_only: bool = False, reference_build: str = "auto") -> "SuiteResult":
         """Compare ``fn`` with darknet's [yolo] layer; fail the test on any failing case.
 
         ``fn(input, truth, config)`` returns darknet's delta, a gradient or a
@@ -283,7 +284,11 @@ class DarknetParity:
         generated from ``seed``. ``tolerances`` is a tolerance YAML file or a
         ``parity.tolerance.ToleranceRule``. ``finite_only`` (or the option
         --darknet-parity-finite-only) leaves out cases whose input holds
-        NaN/Inf. Returns the ``SuiteResult``.
+        NaN/Inf. ``reference_build="ofast"`` holds ``fn`` to darknet's default
+        -Ofast build: box deltas within the -Ofast bound of the tolerance file
+        are reported as -Ofast drift, not failures ("o2" and the default
+        "auto" keep the strict rule: the C reference is the source's
+        semantics). Returns the ``SuiteResult``.
         """
         given = [name for name, value in (("cfg", cfg), ("profile", profile), ("config", config))
                  if value is not None]
@@ -295,6 +300,7 @@ class DarknetParity:
         _choice("convention", convention, _CONVENTIONS, allow_none=True)
         _choice("layout", layout, _LAYOUTS, allow_none=False)
         _choice("flavor", flavor, _FLAVORS, allow_none=True)
+        _choice("reference_build", reference_build, _BUILDS, allow_none=False)
 
         from .suite import RunOptions, run_suite
         from .tolerance import ToleranceRule, load_tolerances
@@ -317,7 +323,7 @@ class DarknetParity:
 
         opts = RunOptions(candidate=candidate.name, convention=candidate.convention, layout=layout, device=device,
                           tolerances=tol_path, require_coverage=self._session.require_coverage,
-                          finite_only=finite_only or self._session.finite_only)
+                          finite_only=finite_only or self._session.finite_only, reference_build=reference_build)
         result = run_suite(sweep, opts, candidate=candidate, rule=rule,
                            options={"source": source, "cases": count, "seed": seed})
         self.results.append(result)

@@ -35,7 +35,7 @@ from .profiles import case_id, load_profiles
 from .reference import run_reference
 from .replay import ofast_nonfinite
 from .result import LayerRun
-from .tolerance import ToleranceRule, load_tolerances
+from .tolerance import ToleranceRule, build_of, load_tolerances
 from .torch_layer import yolo_forward
 
 FINITE_ONLY_SKIP = "its input holds NaN/Inf (--finite-only leaves such cases out)"
@@ -60,6 +60,23 @@ class RunOptions:
     profiles_extra: tuple[str, ...] = ()
     require_coverage: bool = False
     finite_only: bool = False        # leave out cases whose input holds NaN/Inf (said in the summary)
+    reference_build: str = "auto"    # "auto" (a recording's meta.build, else o2), "o2" or "ofast" (declared)
+
+
+REFERENCE_BUILDS = ("auto", "o2", "ofast")
+
+
+def reference_build(case: Case, opts: RunOptions) -> str:
+    """The build of the reference a case is judged against: declared, else the recording's, else "o2".
+
+    Only a recording's ``meta.build`` or the user's word makes a reference
+    -Ofast; the C reference computes the source's (-O2) semantics.
+    """
+    if opts.reference_build not in REFERENCE_BUILDS:
+        raise ParityError(f"reference build {opts.reference_build!r}: expected one of {', '.join(REFERENCE_BUILDS)}")
+    if opts.reference_build != "auto":
+        return opts.reference_build
+    return build_of(case.meta.get("build")) if case.recorded_run() is not None else "o2"
 
 
 def compare_case(case: Case, opts: RunOptions, name: str | None = None, rule: ToleranceRule | None = None,
@@ -104,6 +121,7 @@ def _compare_case(case: Case, opts: RunOptions, name: str | None, rule: Toleranc
         return skipped
     judge = run_reference(case.config, case.input, case.truth, flavor=case.flavor, decisions=True)
     reference = _reference_run(case, opts, judge)
+    rule = rule.for_build(reference_build(case, opts))
     facts = slot_facts(case, judge, rule.default.atol, rule.default.rtol)
     if candidate is None:
         candidate = load_candidate(opts.candidate, convention=opts.convention, layout=opts.layout,
@@ -123,6 +141,7 @@ def _compare_case(case: Case, opts: RunOptions, name: str | None, rule: Toleranc
         add_exact(result, exact.delta.numpy(), 5 + case.config.classes)
     result.meta = _plain(case.meta)
     result.meta["convention"] = out.convention
+    result.meta["reference_build"] = rule.reference_build
     if not result.passed and opts.diagnose:
         result.causes = [dataclasses.asdict(c) for c in diagnose(case, reference, out.delta, facts, result)]
     return result
@@ -331,8 +350,17 @@ def run_suite(cases: Sequence[CaseRef] | Iterable[tuple[CaseRef, Case]], opts: R
     recorded.update(options or {})
     left_out = sum(1 for r in results if r.skipped == FINITE_ONLY_SKIP)
     notes = [f"{left_out} case(s) whose input holds NaN/Inf were left out (--finite-only)"] if left_out else []
-    return SuiteResult(results, hit, enabled, recorded, rule.describe(), time.perf_counter() - start,
+    return SuiteResult(results, hit, enabled, recorded, _rule_text(rule, results), time.perf_counter() - start,
                        [shard_spec] if shard_spec else [], opts.require_coverage, notes)
+
+
+def _rule_text(rule: ToleranceRule, results: Sequence[CaseDiff]) -> str:
+    """The rule in force, with the -Ofast bound where some case's reference was -Ofast."""
+    ofast = sum(1 for r in results if r.meta.get("reference_build") == "ofast")
+    if not ofast:
+        return rule.describe()
+    scope = "" if ofast == len(results) else f" (for the {ofast} case(s) whose reference is -Ofast)"
+    return rule.for_build("ofast").describe() + scope
 
 
 def merge(results: Iterable[SuiteResult]) -> SuiteResult:

@@ -40,6 +40,16 @@ def add_diff_arguments(parser: argparse.ArgumentParser) -> None:
                             "(always reported; `make parity` sets this)")
 
 
+def add_semantics_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which darknet the reference stands for: its build (-O2 or -Ofast)."""
+    group = parser.add_argument_group("reference semantics")
+    group.add_argument("--reference-build", choices=("auto", "o2", "ofast"), default="auto",
+                       help="the build of the reference: 'ofast' (darknet's default Makefile flags) reports box "
+                            "deltas within the -Ofast bound of parity/tolerances.yaml as '-Ofast drift', not "
+                            "failures; 'o2' keeps the strict rule. 'auto' (default): a recording's meta.build "
+                            "decides, any other reference (the C reference, --reference libdarknet) is 'o2'")
+
+
 def run_options(args: argparse.Namespace) -> RunOptions:
     """RunOptions from parsed arguments (the reference group comes from add_reference_arguments)."""
     return RunOptions(
@@ -49,4 +59,5 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         per_class=args.per_class, top_k=args.top_k,
         profiles_extra=tuple(getattr(args, "profiles_file", None) or ()),
         require_coverage=bool(getattr(args, "require_coverage", False)),
-        finite_only=bool(getattr(args, "finite_only", False)))
+        finite_only=bool(getattr(args, "finite_only", False)),
+        reference_build=getattr(args, "reference_build", "auto"))

@@ -14,7 +14,8 @@ import argparse
 
 from ..errors import ParityError
 from . import Command, add_reference_arguments
-from .harness_args import add_candidate_arguments, add_diff_arguments, add_output_arguments, run_options
+from .harness_args import (add_candidate_arguments, add_diff_arguments, add_output_arguments,
+                           add_semantics_arguments, run_options)
 
 
 class Replay(Command):
@@ -24,6 +25,7 @@ class Replay(Command):
         parser.add_argument("files", nargs="+", metavar="FILE", help="case files or folders")
         add_candidate_arguments(parser)
         add_reference_arguments(parser)
+        add_semantics_arguments(parser)
         add_diff_arguments(parser)
         parser.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (default 1)")
         add_output_arguments(parser)

@@ -22,7 +22,8 @@ import sys
 
 from ..errors import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE
 from . import Command, add_reference_arguments
-from .harness_args import add_candidate_arguments, add_diff_arguments, add_output_arguments, run_options
+from .harness_args import (add_candidate_arguments, add_diff_arguments, add_output_arguments,
+                           add_semantics_arguments, run_options)
 
 
 class Run(Command):
@@ -43,6 +44,7 @@ class Run(Command):
         cases.add_argument("--seed", type=int, default=0, help="seed of the generated cases (default 0)")
         add_candidate_arguments(parser)
         add_reference_arguments(parser)
+        add_semantics_arguments(parser)
         add_diff_arguments(parser)
         scale = parser.add_argument_group("scale")
         scale.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (default 1)")
