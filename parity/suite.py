@@ -25,6 +25,7 @@ import torch
 
 from .candidates import Candidate, load_candidate, run_candidate
 from .case import Case
+from .config import backward_scale
 from .cases import CaseRef, build_cases
 from .compare import add_exact, compare
 from .diagnosis import diagnose
@@ -61,6 +62,8 @@ class RunOptions:
     require_coverage: bool = False
     finite_only: bool = False        # leave out cases whose input holds NaN/Inf (said in the summary)
     reference_build: str = "auto"    # "auto" (a recording's meta.build, else o2), "o2" or "ofast" (declared)
+    backward: str = "cpu"            # the reference's delta as darknet's CPU backward adds it, or its GPU backward's
+    loss_scale: float = 1.0          # darknet's [net] loss_scale (the GPU backward's factor with delta_normalizer)
 
 
 REFERENCE_BUILDS = ("auto", "o2", "ofast")
@@ -100,14 +103,21 @@ def compare_case(case: Case, opts: RunOptions, name: str | None = None, rule: To
 
 
 def _reference_run(case: Case, opts: RunOptions, judge: LayerRun) -> LayerRun:
-    """What the candidate is compared with: the recording, the C reference, or a real libdarknet."""
-    recorded = case.recorded_run()
-    if recorded is not None:
-        return recorded
-    if opts.reference == "c":
-        return judge
-    return run_reference(case.config, case.input, case.truth, flavor=case.flavor, backend=opts.reference,
-                         darknet_lib=opts.darknet_lib, darknet_include=opts.darknet_include)
+    """What the candidate is compared with: the recording, the C reference, or a real libdarknet.
+
+    Its delta is what darknet's backward of ``opts.backward`` adds to the
+    previous layer (the layer's delta on the CPU; scaled on the GPU). A
+    recording holds the layer's own delta, so it is scaled here too.
+    """
+    run = case.recorded_run()
+    if run is None:
+        run = judge if opts.reference == "c" else run_reference(
+            case.config, case.input, case.truth, flavor=case.flavor, backend=opts.reference,
+            darknet_lib=opts.darknet_lib, darknet_include=opts.darknet_include)
+    scale = backward_scale(case.config, case.flavor, opts.backward, opts.loss_scale)
+    if scale is None:
+        return run
+    return dataclasses.replace(run, delta=(np.asarray(run.delta) * np.float32(scale)).astype(np.float32))
 
 
 def _compare_case(case: Case, opts: RunOptions, name: str | None, rule: ToleranceRule,
@@ -137,7 +147,7 @@ def _compare_case(case: Case, opts: RunOptions, name: str | None, rule: Toleranc
                      decisions=judge, name=name, per_class=opts.per_class, top_k=opts.top_k, facts=facts)
     if any(m.kind == "value" for m in result.mismatches):   # which side is closer: recompute in float64
         exact = yolo_forward(torch.from_numpy(case.input), torch.from_numpy(case.truth), case.config,
-                             case.flavor, dtype=torch.float64)
+                             case.flavor, dtype=torch.float64, backward=opts.backward, loss_scale=opts.loss_scale)
         add_exact(result, exact.delta.numpy(), 5 + case.config.classes)
     result.meta = _plain(case.meta)
     result.meta["convention"] = out.convention

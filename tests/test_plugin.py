@@ -91,6 +91,10 @@ def x_drifted(input, truth, config, fraction=0.9):
     return delta
 
 
+def gpu_port(input, truth, config):
+    return yolo_forward(input, truth, config, backward="gpu").delta
+
+
 def x_doubled(input, truth, config):
     delta = yolo_forward(input, truth, config).delta.clone()
     b, _, h, w = delta.shape
@@ -229,6 +233,23 @@ def test_bad_build(darknet_parity):
     result.stdout.re_match_lines([r"FAILED test_user.py::test_strict\b"], consecutive=False)
     result.stdout.re_match_lines([r"FAILED test_user.py::test_ofast_beyond\b"], consecutive=False)
     assert "reference_build='fast'" in result.stdout.str()
+
+
+def test_backward_gpu_compares_with_darknets_gpu_delta(user: pytest.Pytester) -> None:
+    user.makefile(".cfg", halved=TINY_CFG + "delta_normalizer=0.5\n")
+    _user_test(user, """
+def test_gpu(darknet_parity):
+    darknet_parity.check(gpu_port, cfg="halved.cfg", cases=2, backward="gpu", convention="delta")
+
+def test_cpu_candidate_vs_gpu(darknet_parity):
+    darknet_parity.check(correct, cfg="halved.cfg", cases=2, backward="gpu", convention="delta")
+
+def test_gpu_candidate_vs_cpu(darknet_parity):
+    darknet_parity.check(gpu_port, cfg="halved.cfg", cases=2, convention="delta")
+""")
+    result = user.runpytest("-rA")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.re_match_lines([r"PASSED test_user.py::test_gpu$"], consecutive=False)
 
 
 def test_spec_string_and_profile(user: pytest.Pytester) -> None:

@@ -41,8 +41,14 @@ def add_diff_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_semantics_arguments(parser: argparse.ArgumentParser) -> None:
-    """Which darknet the reference stands for: its build (-O2 or -Ofast)."""
+    """Which darknet the reference stands for: its build (-O2 or -Ofast) and its backward (CPU or GPU)."""
     group = parser.add_argument_group("reference semantics")
+    group.add_argument("--backward", choices=("cpu", "gpu"), default="cpu",
+                       help="the delta darknet's backward adds to the previous layer: 'cpu' (default, darknet's "
+                            "CPU semantics: the layer's delta) or 'gpu' (AlexeyAB's GPU backward: delta * "
+                            "loss_scale * delta_normalizer; pjreddie's is unscaled)")
+    group.add_argument("--loss-scale", type=float, default=1.0, metavar="F",
+                       help="darknet's [net] loss_scale, used by --backward gpu (default 1, as darknet's)")
     group.add_argument("--reference-build", choices=("auto", "o2", "ofast"), default="auto",
                        help="the build of the reference: 'ofast' (darknet's default Makefile flags) reports box "
                             "deltas within the -Ofast bound of parity/tolerances.yaml as '-Ofast drift', not "
@@ -60,4 +66,5 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         profiles_extra=tuple(getattr(args, "profiles_file", None) or ()),
         require_coverage=bool(getattr(args, "require_coverage", False)),
         finite_only=bool(getattr(args, "finite_only", False)),
-        reference_build=getattr(args, "reference_build", "auto"))
+        reference_build=getattr(args, "reference_build", "auto"), backward=getattr(args, "backward", "cpu"),
+        loss_scale=getattr(args, "loss_scale", 1.0))

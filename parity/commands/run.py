@@ -80,6 +80,12 @@ def preflight(opts) -> None:
     """Fail once, before any case runs, on what would fail every case: the candidate, the library."""
     from ..candidates import load_candidate
 
+    import math
+
+    from ..errors import ParityError
+
+    if not math.isfinite(opts.loss_scale):
+        raise ParityError(f"--loss-scale {opts.loss_scale}: darknet's [net] loss_scale must be a finite number")
     load_candidate(opts.candidate, convention=opts.convention, layout=opts.layout, device=opts.device)
     if opts.reference == "libdarknet":
         from ..backends.darknet_library import find_library
