@@ -61,6 +61,8 @@ REPORT_MAX_CASES = 5                # failing cases shown in detail in the failu
 _CONVENTIONS = ("delta", "grad", "loss")   # parity.candidates.CONVENTIONS, without importing torch
 _LAYOUTS = ("nchw", "bnhwc")               # parity.candidates.LAYOUTS
 _FLAVORS = ("alexeyab", "pjreddie")        # parity.config.FLAVORS
+_BUILDS = ("auto", "o2", "ofast")          # parity.suite.REFERENCE_BUILDS
+_BACKWARDS = ("cpu", "gpu")                # parity.config.BACKWARDS
 
 SESSION_KEY = pytest.StashKey["ParitySession"]()
 
@@ -270,8 +272,8 @@ class DarknetParity:
               profile: str | None = None, config: "YoloConfig | None" = None, cases: int | None = None,
               seed: int | None = None, convention: str | None = None, layout: str = "nchw",
               flavor: str | None = None, device: str = "cpu", tolerances: Any = None,
-              finite_only: bool = False, framework: str | None = None,
-              network: bool = False) -> "SuiteResult":
+              finite_only: bool = False, framework: str | None = None, network: bool = False,
+              reference_build: str = "auto", backward: str = "cpu", loss_scale: float = 1.0) -> "SuiteResult":
         """Compare ``fn`` with darknet's [yolo] layer; fail the test on any failing case.
 
         ``fn(input, truth, config)`` returns darknet's delta, a gradient or a
@@ -288,7 +290,14 @@ class DarknetParity:
         the callable's module) says which arrays ``fn`` takes. ``network=True``:
         ``fn(inputs, truth, configs)`` takes every head of a sample at once
         (lists), returning a scalar loss or one delta/gradient per head.
-        Returns the ``SuiteResult``.
+        ``reference_build="ofast"`` holds ``fn`` to darknet's default
+        -Ofast build: box deltas within the -Ofast bound of the tolerance file
+        are reported as -Ofast drift, not failures ("o2" and the default
+        "auto" keep the strict rule: the C reference is the source's
+        semantics). ``backward="gpu"`` holds ``fn`` to darknet's GPU backward
+        (the reference's delta times ``loss_scale * delta_normalizer``,
+        AlexeyAB); the default "cpu" is darknet's CPU backward. Returns the
+        ``SuiteResult``.
         """
         given = [name for name, value in (("cfg", cfg), ("profile", profile), ("config", config))
                  if value is not None]
@@ -300,6 +309,8 @@ class DarknetParity:
         _choice("convention", convention, _CONVENTIONS, allow_none=True)
         _choice("layout", layout, _LAYOUTS, allow_none=False)
         _choice("flavor", flavor, _FLAVORS, allow_none=True)
+        _choice("reference_build", reference_build, _BUILDS, allow_none=False)
+        _choice("backward", backward, _BACKWARDS, allow_none=False)
 
         from .suite import RunOptions, run_suite
         from .tolerance import ToleranceRule, load_tolerances
@@ -322,7 +333,8 @@ class DarknetParity:
 
         opts = RunOptions(candidate=candidate.name, convention=candidate.convention, layout=layout, device=device,
                           tolerances=tol_path, require_coverage=self._session.require_coverage,
-                          finite_only=finite_only or self._session.finite_only, network=network)
+                          finite_only=finite_only or self._session.finite_only, network=network,
+                          reference_build=reference_build, backward=backward, loss_scale=float(loss_scale))
         result = run_suite(sweep, opts, candidate=candidate, rule=rule,
                            options={"source": source, "cases": count, "seed": seed})
         self.results.append(result)

@@ -348,7 +348,7 @@ def _typed(raw: _Raw, key: str, field: str, value: Any) -> Any:
     elif field == "anchors":
         ok = isinstance(value, list) and all(_is_number(v) for v in value)
         value = tuple(float(v) for v in value) if ok else value
-    elif field == "counters_per_class":
+    elif field in ("counters_per_class", "class_map"):     # class_map: map= given inline (a list of class ids)
         ok = value is None or (isinstance(value, list) and all(_is_int(v) for v in value))
         value = tuple(value) if ok and value is not None else value
     else:

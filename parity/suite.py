@@ -34,6 +34,7 @@ from .candidates import Candidate, load_candidate, run_candidate
 from .case import Case
 from .atomic import write_atomic
 from .cases import CaseRef, build_samples
+from .config import backward_scale
 from .compare import add_exact, compare
 from .diagnosis import diagnose
 from .diff import CaseDiff
@@ -45,7 +46,7 @@ from .profiles import case_id, load_profiles
 from .reference import run_reference
 from .replay import ofast_nonfinite
 from .result import LayerRun
-from .tolerance import ToleranceRule, load_tolerances
+from .tolerance import ToleranceRule, build_of, load_tolerances
 from .torch_layer import yolo_forward
 
 FINITE_ONLY_SKIP = "its input holds NaN/Inf (--finite-only leaves such cases out)"
@@ -78,6 +79,25 @@ class RunOptions:
     network: bool = False            # the candidate takes every head of a sample at once
     finite_only: bool = False        # leave out cases whose input holds NaN/Inf (said in the summary)
     timeout: float | None = DEFAULT_TIMEOUT     # seconds per case; None: no limit
+    reference_build: str = "auto"    # "auto" (a recording's meta.build, else o2), "o2" or "ofast" (declared)
+    backward: str = "cpu"            # the reference's delta as darknet's CPU backward adds it, or its GPU backward's
+    loss_scale: float = 1.0          # darknet's [net] loss_scale (the GPU backward's factor with delta_normalizer)
+
+
+REFERENCE_BUILDS = ("auto", "o2", "ofast")
+
+
+def reference_build(case: Case, opts: RunOptions) -> str:
+    """The build of the reference a case is judged against: declared, else the recording's, else "o2".
+
+    Only a recording's ``meta.build`` or the user's word makes a reference
+    -Ofast; the C reference computes the source's (-O2) semantics.
+    """
+    if opts.reference_build not in REFERENCE_BUILDS:
+        raise ParityError(f"reference build {opts.reference_build!r}: expected one of {', '.join(REFERENCE_BUILDS)}")
+    if opts.reference_build != "auto":
+        return opts.reference_build
+    return build_of(case.meta.get("build")) if case.recorded_run() is not None else "o2"
 
 
 def compare_case(case: Case, opts: RunOptions, name: str | None = None, rule: ToleranceRule | None = None,
@@ -103,14 +123,21 @@ def compare_case(case: Case, opts: RunOptions, name: str | None = None, rule: To
 
 
 def _reference_run(case: Case, opts: RunOptions, judge: LayerRun) -> LayerRun:
-    """What the candidate is compared with: the recording, the C reference, or a real libdarknet."""
-    recorded = case.recorded_run()
-    if recorded is not None:
-        return recorded
-    if opts.reference == "c":
-        return judge
-    return run_reference(case.config, case.input, case.truth, flavor=case.flavor, backend=opts.reference,
-                         darknet_lib=opts.darknet_lib, darknet_include=opts.darknet_include)
+    """What the candidate is compared with: the recording, the C reference, or a real libdarknet.
+
+    Its delta is what darknet's backward of ``opts.backward`` adds to the
+    previous layer (the layer's delta on the CPU; scaled on the GPU). A
+    recording holds the layer's own delta, so it is scaled here too.
+    """
+    run = case.recorded_run()
+    if run is None:
+        run = judge if opts.reference == "c" else run_reference(
+            case.config, case.input, case.truth, flavor=case.flavor, backend=opts.reference,
+            darknet_lib=opts.darknet_lib, darknet_include=opts.darknet_include)
+    scale = backward_scale(case.config, case.flavor, opts.backward, opts.loss_scale)
+    if scale is None:
+        return run
+    return dataclasses.replace(run, delta=(np.asarray(run.delta) * np.float32(scale)).astype(np.float32))
 
 
 def _compare_case(case: Case, opts: RunOptions, name: str | None, rule: ToleranceRule,
@@ -124,6 +151,7 @@ def _compare_case(case: Case, opts: RunOptions, name: str | None, rule: Toleranc
         return skipped
     judge = run_reference(case.config, case.input, case.truth, flavor=case.flavor, decisions=True)
     reference = _reference_run(case, opts, judge)
+    rule = rule.for_build(reference_build(case, opts))
     facts = slot_facts(case, judge, rule.default.atol, rule.default.rtol)
     if candidate is None:
         candidate = load_candidate(opts.candidate, convention=opts.convention, layout=opts.layout,
@@ -142,10 +170,11 @@ def _compare_case(case: Case, opts: RunOptions, name: str | None, rule: Toleranc
                      decisions=judge, name=name, per_class=opts.per_class, top_k=opts.top_k, facts=facts)
     if any(m.kind == "value" for m in result.mismatches):   # which side is closer: recompute in float64
         exact = yolo_forward(torch.from_numpy(case.input), torch.from_numpy(case.truth), case.config,
-                             case.flavor, dtype=torch.float64)
+                             case.flavor, dtype=torch.float64, backward=opts.backward, loss_scale=opts.loss_scale)
         add_exact(result, exact.delta.numpy(), 5 + case.config.classes)
     result.meta = _plain(case.meta)
     result.meta["convention"] = out.convention
+    result.meta["reference_build"] = rule.reference_build
     if not result.passed and opts.diagnose:
         result.causes = [dataclasses.asdict(c) for c in diagnose(case, reference, out.delta, facts, result)]
     return result
@@ -438,8 +467,17 @@ def run_suite(cases: Sequence[CaseRef] | Iterable[tuple[CaseRef, Case]], opts: R
     recorded.update(options or {})
     left_out = sum(1 for r in results if r.skipped == FINITE_ONLY_SKIP)
     notes = [f"{left_out} case(s) whose input holds NaN/Inf were left out (--finite-only)"] if left_out else []
-    return SuiteResult(results, hit, enabled, recorded, rule.describe(), time.perf_counter() - start,
+    return SuiteResult(results, hit, enabled, recorded, _rule_text(rule, results), time.perf_counter() - start,
                        [shard_spec] if shard_spec else [], opts.require_coverage, notes, incomplete)
+
+
+def _rule_text(rule: ToleranceRule, results: Sequence[CaseDiff]) -> str:
+    """The rule in force, with the -Ofast bound where some case's reference was -Ofast."""
+    ofast = sum(1 for r in results if r.meta.get("reference_build") == "ofast")
+    if not ofast:
+        return rule.describe()
+    scope = "" if ofast == len(results) else f" (for the {ofast} case(s) whose reference is -Ofast)"
+    return rule.for_build("ofast").describe() + scope
 
 
 def merge(results: Iterable[SuiteResult]) -> SuiteResult:

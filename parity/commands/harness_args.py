@@ -73,6 +73,22 @@ def add_diff_arguments(parser: argparse.ArgumentParser) -> None:
                             "(always reported; `make parity` sets this)")
 
 
+def add_semantics_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which darknet the reference stands for: its build (-O2 or -Ofast) and its backward (CPU or GPU)."""
+    group = parser.add_argument_group("reference semantics")
+    group.add_argument("--backward", choices=("cpu", "gpu"), default="cpu",
+                       help="the delta darknet's backward adds to the previous layer: 'cpu' (default, darknet's "
+                            "CPU semantics: the layer's delta) or 'gpu' (AlexeyAB's GPU backward: delta * "
+                            "loss_scale * delta_normalizer; pjreddie's is unscaled)")
+    group.add_argument("--loss-scale", type=float, default=1.0, metavar="F",
+                       help="darknet's [net] loss_scale, used by --backward gpu (default 1, as darknet's)")
+    group.add_argument("--reference-build", choices=("auto", "o2", "ofast"), default="auto",
+                       help="the build of the reference: 'ofast' (darknet's default Makefile flags) reports box "
+                            "deltas within the -Ofast bound of parity/tolerances.yaml as '-Ofast drift', not "
+                            "failures; 'o2' keeps the strict rule. 'auto' (default): a recording's meta.build "
+                            "decides, any other reference (the C reference, --reference libdarknet) is 'o2'")
+
+
 def run_options(args: argparse.Namespace) -> RunOptions:
     """RunOptions from parsed arguments (the reference group comes from add_reference_arguments)."""
     return RunOptions(
@@ -85,4 +101,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         finite_only=bool(getattr(args, "finite_only", False)),
         framework=getattr(args, "framework", None),
         network=bool(getattr(args, "whole_network", False)),
-        timeout=check_timeout(getattr(args, "timeout", DEFAULT_TIMEOUT)))
+        timeout=check_timeout(getattr(args, "timeout", DEFAULT_TIMEOUT)),
+        reference_build=getattr(args, "reference_build", "auto"), backward=getattr(args, "backward", "cpu"),
+        loss_scale=getattr(args, "loss_scale", 1.0))
+

@@ -15,7 +15,7 @@ import argparse
 from ..errors import ParityError
 from . import Command, add_reference_arguments
 from .harness_args import (add_candidate_arguments, add_diff_arguments, add_output_arguments,
-                           add_process_arguments, check_output_paths, jobs_of, run_options)
+                           add_process_arguments, add_semantics_arguments, check_output_paths, jobs_of, run_options)
 
 
 class Replay(Command):
@@ -25,6 +25,7 @@ class Replay(Command):
         parser.add_argument("files", nargs="+", metavar="FILE", help="case files or folders")
         add_candidate_arguments(parser)
         add_reference_arguments(parser)
+        add_semantics_arguments(parser)
         add_diff_arguments(parser)
         add_process_arguments(parser)
         add_output_arguments(parser)

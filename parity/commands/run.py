@@ -23,7 +23,7 @@ import sys
 from ..errors import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, ParityError
 from . import Command, add_reference_arguments
 from .harness_args import (add_candidate_arguments, add_diff_arguments, add_output_arguments,
-                           add_process_arguments, check_output_paths, jobs_of, run_options)
+                           add_process_arguments, add_semantics_arguments, check_output_paths, jobs_of, run_options)
 
 
 class Run(Command):
@@ -44,6 +44,7 @@ class Run(Command):
         cases.add_argument("--seed", type=int, default=0, help="seed of the generated cases (default 0)")
         add_candidate_arguments(parser)
         add_reference_arguments(parser)
+        add_semantics_arguments(parser)
         add_diff_arguments(parser)
         scale = parser.add_argument_group("scale")
         add_process_arguments(scale)
@@ -88,6 +89,12 @@ def preflight(opts) -> None:
     """Fail once, before any case runs, on what would fail every case: the candidate, the library."""
     from ..candidates import load_candidate
 
+    import math
+
+    from ..errors import ParityError
+
+    if not math.isfinite(opts.loss_scale):
+        raise ParityError(f"--loss-scale {opts.loss_scale}: darknet's [net] loss_scale must be a finite number")
     load_candidate(opts.candidate, convention=opts.convention, layout=opts.layout, device=opts.device,
                    framework=opts.framework, network=opts.network)
     if opts.reference == "libdarknet":
