@@ -175,12 +175,12 @@ def test_my_loss(darknet_parity):
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
     assert "darknet-parity: sign_flipped vs cfg tiny.cfg (alexeyab): 2 cases, 0 passed, 2 failed" in out
-    assert "Term x role, all cases" in out                     # the per term x role table
+    assert "Term x role rows that differ, all cases" in out     # the per term x role table
     for column in ("term", "role", "decision", "value", "max abs"):
         assert column in out
     assert "tiny.cfg#0/head0" in out and "tiny.cfg#1/head0" in out   # the case ids
     assert "first mismatches" in out and "reference " in out and "darknet: " in out
-    assert "the sign is flipped" in out and "cause sign" in out     # the diagnosis
+    assert "the sign is flipped" in out and "cause sign" in out     # the diagnosis (the explanation)
     assert "MISMATCH: 2 of 2 cases failed" in out
     # the report section attached to the failing test, and the roll-up
     result.stdout.fnmatch_lines(["*- darknet-parity -*", "sign_flipped vs cfg tiny.cfg*2 failed*"])

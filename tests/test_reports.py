@@ -93,7 +93,8 @@ def passing_result() -> SuiteResult:
                        rule=RULE, seconds=0.5)
 
 
-def render(result: SuiteResult, width: int = 120, verbose: bool = False) -> str:
+def render(result: SuiteResult, width: int = 120, verbose: bool = True) -> str:
+    """The full (--verbose) report: these tests read its details; tests/test_report_fit.py the compact one."""
     console = Console(record=True, width=width, file=io.StringIO(), color_system=None)
     render_text(result, console=console, verbose=verbose)
     return console.export_text()
@@ -292,27 +293,30 @@ class TestHtml:
         assert sorted((s.get("data-case"), s.get("data-term")) for s in svgs) == [("smoke#1", "obj"),
                                                                                  ("smoke#1", "x")]
         for svg in svgs:
+            grid = OBJ_HEAT if svg.get("data-term") == "obj" else X_HEAT
             rects = [r for r in svg.iter("rect") if r.get("data-count") is not None]
-            assert len(rects) == 3 * 4 == len(list(svg.iter("rect")))
+            # one white background for the grid, then a rect per cell with mismatches only (small files)
+            assert len(rects) == sum(1 for row in grid for v in row if v) == len(list(svg.iter("rect"))) - 1
             assert any("(1, 1): " in (r.findtext("title") or "") for r in rects)
             assert "3×4" in "".join(svg.itertext())
 
     def test_heatmap_colors_follow_counts(self, tree):
         svg = next(s for s in tree.iter("svg") if s.get("data-term") == "obj")
-        rects = list(svg.iter("rect"))
-        counts = [[int(r.get("data-count")) for r in rects][k * 4:(k + 1) * 4] for k in range(3)]
-        assert counts == OBJ_HEAT
+        background, *rects = list(svg.iter("rect"))
+        placed = {(int(r.get("data-j")), int(r.get("data-i"))): int(r.get("data-count")) for r in rects}
+        assert placed == {(j, i): v for j, row in enumerate(OBJ_HEAT) for i, v in enumerate(row) if v}
+        assert _green(background.get("fill")) == 255                    # cells without mismatches stay white
         by_count = sorted((int(r.get("data-count")), _green(r.get("fill"))) for r in rects)
         greens = [g for _, g in by_count]
         assert greens == sorted(greens, reverse=True)                   # redder as the count grows
-        assert dict(by_count)[0] == 255 and dict(by_count)[3] == 0
+        assert dict(by_count)[3] == 0
         assert next(r for r in rects if r.get("data-count") == "3").findtext("title") == "(1, 1): 3 mismatches"
         assert heat_color(1, 3) != heat_color(2, 3) != heat_color(3, 3)
 
     def test_case_cap_says_how_many_omitted(self):
         page = render_html(make_result([failing_case() for _ in range(5)]), max_cases=2)
         assert page.count('class="heatmap"') == 2 * 2
-        assert "3 more failing cases omitted" in page
+        assert "Details below for the first 2; 3 more are summarized in the table" in page
 
     def test_passing_suite(self, tmp_path):
         page = write_html(passing_result(), tmp_path / "p.html").read_text()

@@ -34,7 +34,12 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--json", metavar="PATH", help="write the full results as JSON (input of `merge`)")
     group.add_argument("--junit", metavar="PATH", help="write a JUnit XML report for CI systems")
     group.add_argument("--html", metavar="PATH", help="write a self-contained HTML report with heatmaps")
-    group.add_argument("--verbose", action="store_true", help="show every failing case and mismatch")
+    group.add_argument("--html-all-cases", action="store_true",
+                       help="draw every failing case in detail in the HTML report (default: the first 10, the "
+                            "rest one row each; 120 failing cases fit in about 1 MB)")
+    group.add_argument("--verbose", action="store_true",
+                       help="the whole text report: every failing case, mismatch, path and table (default: a "
+                            "compact report that fits a CI log)")
 
 
 def add_process_arguments(group: argparse._ActionsContainer) -> None:

@@ -144,7 +144,8 @@ def report(result, args: argparse.Namespace, command: str | None = None) -> int:
 
     render_text(result, verbose=args.verbose)
     try:
-        written = write_reports(result, json=args.json, junit=args.junit, html=args.html)
+        written = write_reports(result, json=args.json, junit=args.junit, html=args.html,
+                            html_all_cases=bool(getattr(args, "html_all_cases", False)))
     except OSError as exc:
         raise ParityError(f"could not write a report: {exc}") from None
     for kind, path in written.items():

@@ -28,7 +28,7 @@ def __getattr__(name: str):
 
 
 def write_reports(result: "SuiteResult", *, json: str | Path | None = None, junit: str | Path | None = None,
-                  html: str | Path | None = None) -> dict[str, Path]:
+                  html: str | Path | None = None, html_all_cases: bool = False) -> dict[str, Path]:
     """Write each requested file report; returns {"json"|"junit"|"html": path} for those written."""
     written: dict[str, Path] = {}
     if json is not None:
@@ -36,5 +36,5 @@ def write_reports(result: "SuiteResult", *, json: str | Path | None = None, juni
     if junit is not None:
         written["junit"] = write_junit(result, junit)
     if html is not None:
-        written["html"] = write_html(result, html)
+        written["html"] = write_html(result, html, None) if html_all_cases else write_html(result, html)
     return written

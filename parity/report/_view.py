@@ -198,6 +198,42 @@ def ordered_causes(case: "CaseDiff") -> list[Mapping[str, Any]]:
     return sorted(causes, key=lambda c: -_confidence_rank(c))
 
 
+@dataclass
+class CauseGroup:
+    """One (term, cause) found in several failing cases: how many, and its words from the first."""
+
+    term: str
+    cause: str
+    cases: int
+    message: str
+    first_case: str
+    rank: float = 0.0        # the highest confidence any case gave it (ties between equally common causes)
+
+
+def cause_groups(result: "SuiteResult") -> list[CauseGroup]:
+    """The diagnosis over the whole run: each (term, cause) with the number of failing cases naming it."""
+    groups: dict[tuple[str, str], CauseGroup] = {}
+    for case in result.failed:
+        for cause in ordered_causes(case):
+            key = (str(cause.get("term", "")), str(cause.get("cause", "")))
+            if key in groups:
+                groups[key].cases += 1
+                groups[key].rank = max(groups[key].rank, _confidence_rank(cause))
+            else:
+                groups[key] = CauseGroup(key[0], key[1], 1, str(cause.get("message") or key[1]), case.case,
+                                         _confidence_rank(cause))
+    return sorted(groups.values(), key=lambda g: (-g.cases, -g.rank, term_key(g.term), g.cause))
+
+
+def distinct_errors(result: "SuiteResult") -> list[tuple[str, list[str]]]:
+    """Each distinct error message with the cases it hit, most frequent first."""
+    by_message: dict[str, list[str]] = {}
+    for case in result.cases:
+        if case.error is not None:
+            by_message.setdefault(case.error, []).append(case.case)
+    return sorted(by_message.items(), key=lambda kv: -len(kv[1]))
+
+
 def top_cause(case: "CaseDiff") -> Mapping[str, Any] | None:
     causes = ordered_causes(case)
     return causes[0] if causes else None

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ..diff import CaseDiff, Mismatch
     from ..suite import SuiteResult
 
-MAX_CASES = 50                   # failing cases drawn in detail
+MAX_CASES = 10                   # failing cases drawn in detail (the rest: one row each); None: all
 _VOID = frozenset({"meta", "br", "hr"})
 _RAW_TEXT = frozenset({"style"})  # CSS is ours and holds no '<' or '&'
 
@@ -71,7 +71,7 @@ def _serialize(el: ET.Element, out: list[str], in_svg: bool = False) -> None:
         out.append(_html.escape(bin_xml_escape(el.tail), quote=False))
 
 
-def render_html(result: "SuiteResult", max_cases: int = MAX_CASES) -> str:
+def render_html(result: "SuiteResult", max_cases: int | None = MAX_CASES) -> str:
     """The whole page as a string (what ``write_html`` writes)."""
     head = _el("head", children=[_el("meta", charset="utf-8"), _el("title", "darknet-parity report"),
                                  _el("style", CSS)])
@@ -83,7 +83,7 @@ def render_html(result: "SuiteResult", max_cases: int = MAX_CASES) -> str:
     return "".join(out) + "\n"
 
 
-def write_html(result: "SuiteResult", path: str | Path, max_cases: int = MAX_CASES) -> Path:
+def write_html(result: "SuiteResult", path: str | Path, max_cases: int | None = MAX_CASES) -> Path:
     """Write the page (parents created); returns its path."""
     return write_atomic(path, render_html(result, max_cases).encode("utf-8"))
 
@@ -165,15 +165,15 @@ def _coverage(result: "SuiteResult") -> list[ET.Element]:
     return parts
 
 
-def _failing(result: "SuiteResult", max_cases: int) -> list[ET.Element]:
+def _failing(result: "SuiteResult", max_cases: int | None) -> list[ET.Element]:
     failing = result.failed
     parts = [_el("h2", f"Failing cases ({len(failing)})")]
     if not failing:
         return parts + [_el("p", "none", class_="dim")]
-    shown = failing[:max_cases]
+    shown = failing if max_cases is None else failing[:max_cases]
     rows = []
-    for k, case in enumerate(shown):
-        link = _el("a", case.case, href=f"#case-{k}")
+    for k, case in enumerate(failing):
+        link = _el("a", case.case, href=f"#case-{k}") if k < len(shown) else case.case
         if case.error is not None:
             rows.append(_row([link, "–", "–", "–", "–", _el("td", f"error: {case.error}", class_="error")]))
             continue
@@ -183,16 +183,18 @@ def _failing(result: "SuiteResult", max_cases: int) -> list[ET.Element]:
                          numeric=(1, 2, 3)))
     parts.append(_table(["case", "decision", "value", "borderline", "worst term", "top cause"], rows))
     if len(shown) < len(failing):
-        parts.append(_el("p", f"{len(failing) - len(shown)} more failing cases omitted (the JSON report has "
-                              "them all).", class_="error"))
+        parts.append(_el("p", f"Details below for the first {len(shown)}; {len(failing) - len(shown)} more are "
+                              "summarized in the table (--html-all-cases draws every one; the JSON report has "
+                              "them all).", class_="dim"))
     parts += [_case_section(case, k) for k, case in enumerate(shown)]
     return parts
 
 
-def _skipped(result: "SuiteResult", max_cases: int) -> list[ET.Element]:
+def _skipped(result: "SuiteResult", max_cases: int | None) -> list[ET.Element]:
     skipped = [c for c in result.cases if _view.skip_reason(c) is not None]
     if not skipped:
         return []
+    max_cases = len(skipped) if max_cases is None else max_cases
     rows = [_row([c.case, _view.skip_reason(c)]) for c in skipped[:max_cases]]
     parts = [_el("h2", f"Skipped cases ({len(skipped)}, not failures)"), _table(["case", "why"], rows, "skipped")]
     if len(skipped) > max_cases:
@@ -258,8 +260,12 @@ def heatmap_svg(grid: list[list[int]], term: str, case_id: str) -> ET.Element:
               viewBox=f"0 0 {width} {height}", role="img", aria_label=f"{term} mismatches, {H}x{W} grid")
     svg.append(_el("text", f"{term} ({H}×{W})", x=left, y=14, font_size=12, font_weight="bold"))
     cells = _el("g", class_="cells", stroke="#d0d0d0", stroke_width="0.5")
+    # One white rect for the grid, then only the cells with mismatches: a 76x76 grid stays small.
+    cells.append(_el("rect", x=left, y=top_pad, width=W * cell, height=H * cell, fill=heat_color(0, top)))
     for j, row in enumerate(grid):
         for i, count in enumerate(row):
+            if not count:
+                continue
             rect = _el("rect", x=left + i * cell, y=top_pad + j * cell, width=cell, height=cell,
                        fill=heat_color(count, top), data_count=count, data_j=j, data_i=i)
             rect.append(_el("title", f"({j}, {i}): {count} mismatch{'es' if count != 1 else ''}"))

@@ -35,28 +35,119 @@ def summary_line(result: "SuiteResult") -> str:
 
 def render_text(result: "SuiteResult", *, console: Console | None = None, verbose: bool = False,
                 max_cases: int = MAX_CASES, max_mismatches: int = MAX_MISMATCHES) -> None:
-    """Print the whole report; ``verbose`` shows every failing case and every listed mismatch."""
+    """Print the report: compact by default (fits a CI log at 80 columns), everything with ``verbose``.
+
+    The compact report leads with the verdict and the explanation (every
+    cause the diagnosis named, with how many failing cases show it), then the
+    term x role rows that fail, coverage in one line, and the first few
+    failing cases in detail.
+    """
     console = console if console is not None else Console()
+    if verbose:
+        _render_full(result, console, None, None)
+        return
+    _render_compact(result, console, min(max_cases, COMPACT_CASES), min(max_mismatches, COMPACT_MISMATCHES))
+
+
+COMPACT_CASES = 3        # failing cases shown in detail by default
+COMPACT_MISMATCHES = 3   # mismatches listed per case by default
+COMPACT_CAUSES = 10      # distinct causes listed in the explanation
+COMPACT_ROWS = 12        # failing cases listed by name
+
+
+def _render_compact(result: "SuiteResult", console: Console, max_cases: int, max_mismatches: int) -> None:
+    console.print(_verdict(result))
+    console.print(_header(result, tolerances=False))
+    failing = result.failed
+    if failing:
+        console.print(_explanation(result))
+        console.print(_term_role_table(result, console.width, failing_only=True))
+        console.print(_errors_block(result))
+        console.print(_failing_list(failing))
+        comparable = [c for c in failing if c.error is None]
+        for k, case in enumerate(comparable[:max_cases]):
+            console.print(_case_details(case, max_mismatches, causes=False, compact=True, brief=k > 0))
+        if len(comparable) > max_cases:
+            console.print(_t(f"... {len(comparable) - max_cases} more failing cases not shown in detail",
+                             style="yellow"))
+    console.print(_coverage_line(result))
+    skipped = [c for c in result.cases if _view.skip_reason(c) is not None]
+    if skipped:
+        console.print(_t(f"{len(skipped)} case(s) skipped (not failures): {_view.skip_reason(skipped[0])}"
+                         + (" ..." if len(skipped) > 1 else ""), style="dim"))
+    for note in getattr(result, "notes", []):
+        console.print(_t(f"note: {note}", style="bold yellow"))
+    if failing:
+        console.print(_t("--verbose (or the HTML/JSON report) shows every case, mismatch and table", style="dim"))
+    console.print(_verdict(result))
+
+
+def _render_full(result: "SuiteResult", console: Console, max_cases: int | None, max_mismatches: int | None) -> None:
     console.print(_header(result))
+    console.print(_explanation(result))
     console.print(_term_role_table(result, console.width))
     console.print(_coverage_table(result))
     failing = result.failed
-    shown = failing if verbose else failing[:max_cases]
+    shown = failing if max_cases is None else failing[:max_cases]
     if failing:
         console.print(_failing_cases_table(failing))
     for case in shown:
-        console.print(_case_details(case, None if verbose else max_mismatches))
+        console.print(_case_details(case, max_mismatches))
     if len(shown) < len(failing):
         console.print(_t(f"... {len(failing) - len(shown)} more failing cases not shown "
                          "(--verbose, or the JSON/HTML report, lists them all)", style="yellow"))
     skipped = [c for c in result.cases if _view.skip_reason(c) is not None]
     if skipped:
-        console.print(_skipped_block(skipped, None if verbose else max_cases))
-    if result.incomplete:
-        console.print(_t(f"INCOMPLETE: {result.incomplete}", style="bold red"))
+        console.print(_skipped_block(skipped, max_cases))
     console.print(_verdict(result))
     for note in getattr(result, "notes", []):
         console.print(_t(f"note: {note}", style="bold yellow"))
+
+
+def _explanation(result: "SuiteResult") -> Group | Text:
+    """Every cause the diagnosis named over the run, most widespread first."""
+    groups = _view.cause_groups(result)
+    if not groups:
+        return _t("")
+    failing = len([c for c in result.failed if c.error is None])
+    lines: list = [_t(""), _t(f"Why it differs ({failing} failing case(s) diagnosed):", style="bold")]
+    for g in groups[:COMPACT_CAUSES]:
+        lines.append(Padding(_t(f"- {g.term}: {g.message}"), (0, 0, 0, 2)))
+        lines.append(Padding(_t(f"cause {g.cause}, in {g.cases} case(s), e.g. {g.first_case}", style="dim"),
+                             (0, 0, 0, 4)))
+    if len(groups) > COMPACT_CAUSES:
+        lines.append(Padding(_t(f"... {len(groups) - COMPACT_CAUSES} more (--verbose)", style="dim"), (0, 0, 0, 2)))
+    return Group(*lines)
+
+
+def _errors_block(result: "SuiteResult") -> Group | Text:
+    errors = _view.distinct_errors(result)
+    if not errors:
+        return _t("")
+    lines: list = [_t(""), _t("Could not be compared:", style="bold red")]
+    for message, cases in errors[:5]:
+        more = f" (and {len(cases) - 1} more)" if len(cases) > 1 else ""
+        lines.append(Padding(_t(f"{cases[0]}{more}: {message}", style="red"), (0, 0, 0, 2)))
+    return Group(*lines)
+
+
+def _failing_list(failing: list["CaseDiff"]) -> Group:
+    names = [c.case for c in failing]
+    shown = ", ".join(names[:COMPACT_ROWS]) + (f", ... ({len(names) - COMPACT_ROWS} more)"
+                                               if len(names) > COMPACT_ROWS else "")
+    return Group(_t(""), _t(f"Failing cases ({len(failing)}): ", style="bold"), Padding(_t(shown), (0, 0, 0, 2)))
+
+
+def _coverage_line(result: "SuiteResult") -> Text:
+    _, groups, grid = _view.coverage_grid(result)
+    enabled = sum(1 for cell in grid.values() if cell.enabled)
+    missing = result.missing_branches
+    total = sum(len(v) for v in missing.values())
+    text = f"branch coverage: {enabled - total} of {enabled} enabled branches hit over {len(groups)} group(s)"
+    if missing:
+        text += "; never hit: " + "; ".join(f"{g}: {', '.join(b)}" for g, b in missing.items())
+        text += "" if result.coverage_fails else " (reported; --require-coverage makes it fail)"
+    return _t(text, style="bold red" if result.coverage_fails else ("yellow" if missing else "dim"))
 
 
 def _t(value: object, style: str = "") -> Text:
@@ -73,14 +164,14 @@ def _titled(title: str, table: Table, note: Text | None = None) -> Group:
     return Group(_t(""), _t(title, style="bold"), table, *([note] if note is not None else []))
 
 
-def _header(result: "SuiteResult") -> Group:
+def _header(result: "SuiteResult", tolerances: bool = True) -> Group:
     parts: list = [_t(summary_line(result), style="bold")]
     run = _view.run_description(result)
     if run:
         parts.append(_t(f"run: {run}"))
     parts.append(Text.assemble(("tolerance rule: ", "bold"), _view.printable(result.rule or "(not recorded)"),
                                "; decisions (whether darknet writes a delta) must match exactly"))
-    needed = _view.needed_tolerances(result)
+    needed = _view.needed_tolerances(result) if tolerances else None
     if needed:
         parts.append(_needed_table(needed))
     return Group(*parts)
@@ -99,7 +190,7 @@ def _needed_table(needed: dict[str, dict[str, float | None]]) -> Group:
                    _t("(decision mismatches are not a tolerance question)", style="dim"))
 
 
-def _term_role_table(result: "SuiteResult", width: int) -> Group:
+def _term_role_table(result: "SuiteResult", width: int, failing_only: bool = False) -> Group:
     # Nine columns: below ~110 columns drop the cell padding so numbers fit instead of being elided.
     table = Table(box=box.SQUARE, padding=(0, 0)) if width < NARROW else Table()
     for name, justify in (("term", "left"), ("role", "left"), ("elements", "right"), ("decision", "right"),
@@ -107,13 +198,16 @@ def _term_role_table(result: "SuiteResult", width: int) -> Group:
                           ("max ulps", "right")):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     rows = _view.term_role_rows(result)
+    if failing_only:
+        rows = [r for r in rows if r.failing or r.borderline]
     for row in rows:
         _row(table, row.term, row.role, str(row.elements), str(row.decision_mismatches),
              str(row.value_mismatches), str(row.borderline), _view.fmt_num(row.max_abs),
              _view.fmt_num(row.max_rel), str(row.max_ulps),
              style="red" if row.failing else ("yellow" if row.borderline else None))
     note = _t("decision/value: failing mismatches; borderline ones are reported, not failures", style="dim")
-    return _titled("Term x role, all cases", table, _t("no compared elements", style="dim") if not rows else note)
+    title = "Term x role rows that differ, all cases" if failing_only else "Term x role, all cases"
+    return _titled(title, table, _t("no compared elements", style="dim") if not rows else note)
 
 
 def _coverage_table(result: "SuiteResult") -> Group | Text:
@@ -159,7 +253,10 @@ def _failing_cases_table(failing: list["CaseDiff"]) -> Group:
     return _titled(f"Failing cases ({len(failing)})", table)
 
 
-def _case_details(case: "CaseDiff", max_mismatches: int | None) -> Group:
+def _case_details(case: "CaseDiff", max_mismatches: int | None, causes: bool = True, compact: bool = False,
+                  brief: bool = False) -> Group:
+    """A failing case: counts, its first mismatches (compact: the first with darknet's path, the rest
+    in one line each; ``brief``: all in one line) and its diagnosis."""
     title = Text.assemble(("FAILED ", "bold red"), (_view.printable(case.case), "bold"),
                           _view.printable(f"  flavor {case.flavor or '?'}, delta shape {tuple(case.shape)}"))
     parts: list = [_t(""), title]
@@ -171,9 +268,19 @@ def _case_details(case: "CaseDiff", max_mismatches: int | None) -> Group:
     if shown:
         parts.append(Padding(_t(f"first mismatches ({len(shown)} of {len(case.mismatches)} listed):",
                                 style="bold"), (0, 0, 0, 2)))
-    parts += [Padding(_mismatch_block(m), (0, 0, 0, 4)) for m in shown]
-    parts.append(_causes_block(case))
+    parts += [Padding(_mismatch_line(m) if brief or (compact and k) else _mismatch_block(m), (0, 0, 0, 4))
+              for k, m in enumerate(shown)]
+    if causes:
+        parts.append(_causes_block(case))
     return Group(*parts)
+
+
+def _mismatch_line(m: "Mismatch") -> Text:
+    """One mismatch in one sentence (the compact report; darknet's path is in the first and in --verbose)."""
+    style = "yellow" if m.borderline else "red"
+    return Text.assemble((_view.mismatch_label(m), f"bold {style}"),
+                         _view.printable(f" at {_view.mismatch_where(m)}, role {m.role}: reference "
+                                         f"{_view.fmt_value(m.reference)}, candidate {_view.fmt_value(m.candidate)}"))
 
 
 def _mismatch_block(m: "Mismatch") -> Group:
