@@ -4,6 +4,12 @@ One case per ``.npz``: the cfg text, the layer input and truth, and what a
 reference produced for them (output, delta, stats), plus provenance (meta).
 ``load_case`` parses the cfg with the flavor named in ``meta`` so defaults
 (``max`` 200 vs 90, normalizers) are the recording implementation's own.
+
+A config with a ``class_map`` (darknet's ``map=``, which names a file) is
+saved as two files: the case, whose cfg says ``map=maps/STEM.map``, and
+that map file beside it (one class id per line, as darknet's ``read_map``
+reads it); ``load_case`` reads the map relative to the case's folder, as
+for the recorded cases in ``shared/recorded/alexeyab-extra*/``.
 """
 from __future__ import annotations
 
@@ -19,13 +25,14 @@ from typing import Any
 import numpy as np
 
 from .atomic import write_atomic
-from .cfg import yolo_config_from_cfg
+from .cfg import with_map_option, yolo_config_from_cfg
 from .config import YoloConfig
 from .errors import CaseFormatError, ParityError
 from .result import LayerRun, LayerStats
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("cfg", "input", "truth")
+MAP_FOLDER = "maps"      # a case's map file: MAP_FOLDER/STEM.map beside the case
 
 
 @dataclass
@@ -128,19 +135,36 @@ def _check_member_sizes(path: str) -> None:
                                       f"({claimed:,} bytes of {dtype}) but holds {info.file_size:,} bytes")
 
 
-def case_bytes(case: Case) -> bytes:
+def map_file_name(path: str | os.PathLike[str]) -> str:
+    """The ``map=`` value of the case saved at ``path``: its map file, relative to the case's folder."""
+    return f"{MAP_FOLDER}/{Path(path).stem}.map"
+
+
+def map_text(class_map: tuple[int, ...]) -> str:
+    """A map file darknet's ``read_map`` reads back as ``class_map``: one class id per line."""
+    return "".join(f"{int(v)}\n" for v in class_map)
+
+
+def case_bytes(case: Case, map_name: str | None = None) -> bytes:
     """The format-v1 ``.npz`` content of ``case``, built in memory.
 
     The layout of ``np.savez_compressed`` (one deflated ``KEY.npy`` member per
     array, no pickles) with a fixed member timestamp, so the same case always
     gives the same bytes: recordings diff cleanly and a recorder can count
-    its bytes before writing.
+    its bytes before writing. A case whose config has a ``class_map`` needs
+    ``map_name``, the map file its cfg names (``case_files`` gives both).
     """
+    cfg = case.cfg
+    if _has_map(case):
+        if map_name is None:
+            raise ParityError("case_bytes: the config has a class_map (map=), which a cfg can only name as a file: "
+                              "pass map_name= or use case_files / save_case, which write the map file too")
+        cfg = with_map_option(cfg, map_name)
     meta = dict(case.meta)
     meta.setdefault("flavor", case.flavor)
     meta.setdefault("format", FORMAT_VERSION)
     arrays: dict[str, Any] = {
-        "cfg": np.array(case.cfg),
+        "cfg": np.array(cfg),
         "input": np.asarray(case.input, dtype=np.float32),
         "truth": np.asarray(case.truth, dtype=np.float32),
         "stats": np.array(json.dumps(case.stats, allow_nan=True)),
@@ -160,6 +184,49 @@ def case_bytes(case: Case) -> bytes:
     return buffer.getvalue()
 
 
-def save_case(path: str | os.PathLike[str], case: Case) -> None:
-    """Write ``case`` in format v1 (compressed, no pickles, reproducible bytes)."""
-    write_atomic(path, case_bytes(case))
+def _has_map(case: Case) -> bool:
+    """The case's config carries a map= (only AlexeyAB's parser reads one into a YoloConfig)."""
+    if case.config.class_map is None:
+        return False
+    if case.flavor != "alexeyab":
+        raise ParityError(f"the config has a class_map but flavor {case.flavor!r}: this project reads map= for "
+                          "AlexeyAB darknet only, so the saved case would not read back as this config")
+    return True
+
+
+def case_files(path: str | os.PathLike[str], case: Case) -> dict[Path, bytes]:
+    """What ``save_case(path, case)`` writes: the case, and its map file first where it has a class_map."""
+    path = Path(path)
+    class_map = case.config.class_map
+    if class_map is None or not _has_map(case):
+        return {path: case_bytes(case)}
+    name = map_file_name(path)
+    return {path.parent / name: map_text(class_map).encode("ascii"), path: case_bytes(case, name)}
+
+
+def check_map_file(path: Path, data: bytes, overwrite: bool) -> None:
+    """Refuse to replace a different map file unless ``overwrite``: another case may read it."""
+    if overwrite or not path.exists():
+        return
+    try:
+        same = path.is_file() and path.read_bytes() == data
+    except OSError as exc:
+        raise ParityError(f"{path}: cannot read the map file already there: {exc.strerror or exc}") from None
+    if not same:
+        raise ParityError(f"{path}: a different map file is already there; remove it, save the case under "
+                          "another name, or ask to overwrite (overwrite=True, --overwrite)")
+
+
+def save_case(path: str | os.PathLike[str], case: Case, *, overwrite: bool = False) -> None:
+    """Write ``case`` in format v1 (compressed, no pickles, reproducible bytes).
+
+    A case with a ``class_map`` also writes ``maps/STEM.map`` beside it
+    (before the case, so no case names a missing map). An existing map file
+    with other content is refused unless ``overwrite``.
+    """
+    files = case_files(path, case)
+    for target, data in files.items():
+        if target.suffix == ".map":
+            check_map_file(target, data, overwrite)
+    for target, data in files.items():
+        write_atomic(target, data)

@@ -808,15 +808,17 @@ def case_stem(case: Case) -> str:
     return f"{cfg}-{m['size']}-b{m['batch']}-seed{m['seed']}-it{m['iteration']}-layer{m['layer']}"
 
 
-def write_recording(recording: TrainingRecording, out: str | os.PathLike[str]) -> list[Path]:
-    """Save every case under ``out`` (format v1); returns the paths in order."""
+def write_recording(recording: TrainingRecording, out: str | os.PathLike[str], *,
+                    overwrite: bool = False) -> list[Path]:
+    """Save every case under ``out`` (format v1; a map= layer's map file under ``out/maps``, a different
+    one there refused unless ``overwrite``); returns the paths in order."""
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise ParityError(f"--out {folder}: exists and is not a folder")
     paths = []
     for case in recording.cases:
         path = folder / f"{case_stem(case)}.npz"
-        save_case(path, case)
+        save_case(path, case, overwrite=overwrite)
         case.path = os.fspath(path)
         paths.append(path)
     return paths

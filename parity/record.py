@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from .atomic import check_writable, write_atomic
-from .case import Case, case_bytes
+from .case import MAP_FOLDER, Case, case_files
 from .cfg import dump_yolo_cfg, load_cfg, parse_cfg, yolo_config_from_cfg
 from .config import YoloConfig
 from .errors import InputError, ParityError
@@ -258,16 +258,17 @@ class Recorder:
         written = []
         for h, case in enumerate(cases):
             path = self.out / f"step{step:08d}_head{h}.npz"
-            data = case_bytes(case)
-            if self.max_bytes is not None and self.bytes_written + len(data) > self.max_bytes:
+            files = case_files(path, case)       # a map= head: its map file first, then the case
+            data = sum(len(d) for d in files.values())
+            if self.max_bytes is not None and self.bytes_written + data > self.max_bytes:
                 self.stopped = True
                 warnings.warn(f"Recorder: stopped writing at step {step}, head {h}: {path.name} "
-                              f"({len(data):,} bytes) would take the {self.bytes_written:,} bytes written "
+                              f"({data:,} bytes) would take the {self.bytes_written:,} bytes written "
                               f"to {self.out} past max_bytes={self.max_bytes:,}; no further cases are recorded",
                               RecorderWarning, stacklevel=3)
                 self._release()
                 break
-            if not self._write(path, data):
+            if not all(self._write(target, content) for target, content in files.items()):
                 break
             written.append(path)
         return written
@@ -377,7 +378,7 @@ class Recorder:
         if why:
             raise InputError(why)
         if self.out.is_dir() and not overwrite:
-            held = sorted(self.out.glob("*.npz"))
+            held = sorted(self.out.glob("*.npz")) + sorted(self.out.glob(f"{MAP_FOLDER}/*.map"))
             if held:
                 raise InputError(f"out={out!r} already holds {len(held)} recording(s) (e.g. {held[0].name}); "
                                  "choose an empty folder, or pass overwrite=True")

@@ -543,19 +543,20 @@ def _shown(path: Path) -> str:
 
 def save_crash(index: int, seed: int, folder: Path = FIXTURE_DIR) -> dict[str, Any]:
     """A case whose worker died, saved as generated (no reference results: the run never finished)."""
-    from parity.case import save_case
+    from parity.case import load_case, save_case
 
     case = fuzz_case(index, seed)
     case.meta = dict(case.meta)
     case.meta["fuzz"] = {**case.meta["fuzz"], "status": "crash"}
     path = Path(folder) / f"fuzz-s{seed}-{index:06d}-crash.npz"
     save_case(path, case)
-    return {"index": index, "status": "crash", "steps": 0, "path": _shown(path), "config": case.cfg}
+    # the cfg as saved: a map= case names its map file there (maps/STEM.map)
+    return {"index": index, "status": "crash", "steps": 0, "path": _shown(path), "config": load_case(path).cfg}
 
 
 def shrink_and_save(record: dict[str, Any], seed: int, max_steps: int, folder: Path = FIXTURE_DIR) -> dict[str, Any]:
     """Shrink a failing case and save it (with the C reference's results) under fixtures/fuzz/."""
-    from parity.case import save_case
+    from parity.case import load_case, save_case
     from parity.reference import run_reference
     from parity.shrink import case_size, shrink_case
 
@@ -578,7 +579,7 @@ def shrink_and_save(record: dict[str, Any], seed: int, max_steps: int, folder: P
     path = Path(folder) / f"fuzz-s{seed}-{record['index']:06d}.npz"
     save_case(path, small)
     info["path"] = _shown(path)
-    info["config"] = small.cfg
+    info["config"] = load_case(path).cfg      # as saved: a map= case names its map file
     return info
 
 

@@ -85,6 +85,10 @@ static int check_options(const yref_config *c)
     if (c->iou_loss < YREF_LOSS_MSE || c->iou_loss > YREF_LOSS_CIOU ||
         c->iou_thresh_kind < YREF_LOSS_IOU || c->iou_thresh_kind > YREF_LOSS_CIOU)
         return DPS_ERR_OPTION;
+    /* darknet writes the class delta at map[class_id] unchecked */
+    for (k = 0; c->class_map && k < c->classes; ++k)
+        if (c->class_map[k] < 0 || c->class_map[k] >= c->classes)
+            return DPS_ERR_OPTION;
     return DPS_OK;
 }
 
@@ -202,6 +206,22 @@ static int truth_stride(const layer *l)
     return PJ_TRUTH_SIZE;
 }
 #endif
+
+/*
+ * map= as parse_yolo's read_map leaves it (both flavors read it): a heap
+ * array in l.map, which free_layer frees (with free(), as read_map's
+ * realloc'd array), so release_layer leaves no pointer behind.
+ */
+static int set_map(layer *l, const yref_config *c)
+{
+    if (!c->class_map)
+        return DPS_OK;
+    l->map = malloc(sizeof(int) * (size_t)c->classes);
+    if (!l->map)
+        return DPS_ERR_ALLOC;
+    memcpy(l->map, c->class_map, sizeof(int) * (size_t)c->classes);
+    return DPS_OK;
+}
 
 static layer make_layer(const yref_config *c, int *mask)
 {
@@ -327,6 +347,8 @@ static int forward_quiet(const yref_config *c, const float *input, const float *
     for (k = 0; k < 2 * c->total; ++k)
         l.biases[k] = c->biases[k];
     status = set_options(&l, c);
+    if (status == DPS_OK)
+        status = set_map(&l, c);
     if (status == DPS_OK && (l.max_boxes != c->max_boxes || truth_stride(&l) < 5 ||
                              (long long)c->max_boxes * truth_stride(&l) > l.truths))
         status = DPS_ERR_TRUTHS;

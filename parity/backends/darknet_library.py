@@ -55,7 +55,7 @@ _FLAVOR_LOOKS = {
 NEEDS_COMMON = (
     "layer", "network", "free_layer", "YOLO", "batch", "total", "classes", "outputs", "mask", "cost",
     "biases", "output", "delta", "max_boxes", "ignore_thresh", "truth_thresh", "truths", "input",
-    "truth", "train", "index",
+    "truth", "train", "index", "map",
 )
 NEEDS_ALEXEYAB = (
     "network_state", "IOU_LOSS", "MSE", "IOU", "GIOU", "DIOU", "CIOU", "show_details", "max_delta",

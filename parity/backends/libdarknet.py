@@ -27,6 +27,12 @@ Caveats (darknet's, not ours):
   and cost are unaffected). pjreddie's forward is single-threaded.
 * The library must be a CPU build (GPU=0): a GPU build's CPU forward skips the
   activation and its structs carry GPU fields; such a library is refused.
+* ``map=`` (``class_map``) reaches the layer as darknet's ``parse_yolo``
+  leaves it: a heap copy in ``l.map`` that the library's ``free_layer``
+  frees after the call. Both flavors read it (pjreddie's ``parse_yolo`` calls
+  ``read_map`` too); this project's cfg parser, C reference and port model
+  it for AlexeyAB only, so a pjreddie config given a ``class_map`` by hand
+  runs here as pjreddie darknet runs it, not as the C reference does.
 * darknet's own allocations are unchecked (pjreddie) or exit on failure
   (AlexeyAB's xcalloc); everything the shim checks comes back as a status.
 * A library built with -Ofast (Debian's is) switches the whole process to
@@ -147,10 +153,6 @@ def run_libdarknet(config: YoloConfig, x: np.ndarray, t: np.ndarray, flavor: str
         module note on threads); the figures darknet does not expose are None.
     """
     flavor = check_flavor(flavor)
-    if config.class_map is not None and flavor == "alexeyab":
-        # The shim does not set l.map yet (issue 11): running without it would compare another layer.
-        raise InputError("map= is not passed to a darknet library by this backend yet; compare map= cases "
-                         "with --reference c")
     x, t, shape = check_layer_input(config, x, t, flavor)
     library = find_library(lib_path, include_dir)
     check_library_flavor(library, flavor)
@@ -158,6 +160,12 @@ def run_libdarknet(config: YoloConfig, x: np.ndarray, t: np.ndarray, flavor: str
     ffi, lib = mod.ffi, mod.lib
     keep: list[Any] = []
     cfg = new_layer_struct(ffi, config, flavor, shape, t, keep)
+    if config.class_map is not None and cfg.class_map == ffi.NULL:
+        # pjreddie's parse_yolo reads map= too and its forward applies it (the truth_thresh branch and
+        # the best-anchor pass); the library gets it as darknet would give it (see the module note)
+        class_map = np.ascontiguousarray(config.class_map[: config.classes], dtype=np.int32)
+        keep.append(class_map)
+        cfg.class_map = ffi.from_buffer("int[]", class_map)
     output = np.empty_like(x)
     delta = np.empty_like(x)
     result = ffi.new("dps_result *")

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 from ..config import ConfigWarning, YoloConfig
-from .dump import dump_yolo_cfg
+from .dump import dump_yolo_cfg, with_map_option
 from .lexer import Option, Section, c_atof, c_atoi, read_sections, split_darknet_list
 from .network import NetworkCfg, YoloLayer, load_cfg, parse_cfg, yolo_config_from_cfg
 from .options import YOLO_OPTIONS, NetOptions, parse_net, parse_yolo
@@ -25,5 +25,5 @@ from .walk import LayerWalk, Shape, Unsized
 __all__ = [
     "ConfigWarning", "LayerWalk", "NetOptions", "NetworkCfg", "Option", "Section", "Shape", "Unsized",
     "YOLO_OPTIONS", "YoloConfig", "YoloLayer", "c_atof", "c_atoi", "dump_yolo_cfg", "load_cfg", "parse_cfg",
-    "parse_net", "parse_yolo", "read_sections", "split_darknet_list", "yolo_config_from_cfg",
+    "parse_net", "parse_yolo", "read_sections", "split_darknet_list", "with_map_option", "yolo_config_from_cfg",
 ]

@@ -1,13 +1,19 @@
-"""Writing a YoloConfig back as cfg text that parses to an equal YoloConfig."""
+"""Writing a YoloConfig back as cfg text that parses to an equal YoloConfig.
+
+A ``class_map`` cannot be written inline: darknet's ``map=`` names a file.
+``dump_yolo_cfg`` leaves it out; a case file's writer (``parity.case``)
+writes the map file and names it with ``with_map_option``.
+"""
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
 
 from ..config import YoloConfig
 from ..errors import ConfigError
-from .lexer import c_atof, c_atoi
+from .lexer import c_atof, c_atoi, read_sections
 from .options import YOLO_OPTIONS
 
 
@@ -17,6 +23,7 @@ def dump_yolo_cfg(config: YoloConfig) -> str:
     [yolo] gets every option whose value differs from ``config.flavor``'s
     default, then ``extra`` verbatim. Floats are written as ``repr`` (or as
     an integer when integral), which atof reads back as the same double.
+    ``class_map`` is not written (``map=`` names a file: see ``with_map_option``).
     """
     base = YoloConfig.for_flavor(config.flavor)
     # mask and anchors default to values that depend on num
@@ -58,3 +65,31 @@ def _check_extra(key: str, value: str, fields: Mapping[str, str], kind: str | No
     scan = {"int": c_atoi, "float": c_atof}.get(kind or "")
     if scan is not None and scan(value) is None:
         raise ConfigError(f"extra value {value!r} is not a number", option=key)
+
+
+def with_map_option(cfg: str, map_name: str) -> str:
+    """``cfg`` (holding one [yolo] section) with its ``map=`` set to ``map_name``.
+
+    The line darknet reads (the first ``map=`` of the section) is replaced, or
+    one is added after the section's last option; every other line is kept
+    byte for byte.
+    """
+    if not map_name or not map_name.isprintable() or any(c in map_name for c in " \t#;="):
+        raise ConfigError(f"map file name {map_name!r} cannot be written to a cfg", option="map")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # the cfg was read (and warned about) before
+        sections = [s for s in read_sections(cfg) if s.type == "yolo"]
+    if len(sections) != 1:
+        raise ConfigError(f"expected exactly one [yolo] section to name a map file in, found {len(sections)}",
+                          option="map")
+    section = sections[0]
+    lines = cfg.split("\n")
+    opt = section.find("map")
+    if opt is not None and opt.value == map_name:
+        return cfg
+    if opt is not None:
+        lines[opt.line - 1] = f"map={map_name}"
+    else:
+        last = max([section.line] + [o.line for o in section.options])
+        lines.insert(last, f"map={map_name}")
+    return "\n".join(lines)

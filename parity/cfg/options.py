@@ -120,6 +120,8 @@ def parse_yolo(section: Section, net: NetOptions, flavor: str) -> YoloConfig:
         parsed = _parse_scalar(section, opt, kind)
         if target in _STRING_CHOICES:
             parsed = _darknet_choice(section, opt, target)
+        if name == "map" and flavor == "alexeyab":
+            continue                    # class_map, read below (its file name means nothing elsewhere)
         if target is None:
             extra[name] = opt.value
         else:

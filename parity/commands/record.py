@@ -136,7 +136,7 @@ class Record(Command):
         for label, stem, make in sources:
             case = fill_from_reference(make(), args.reference, args.darknet_lib, args.darknet_include)
             path = out / f"{_unique(stem, used)}.npz"
-            save_case(path, case)
+            save_case(path, case, overwrite=args.overwrite)
             written += 1
             truths = int((case.truth[..., 0] != 0).sum())
             table.add_row(str(path), label, "x".join(map(str, case.input.shape)), str(truths),
@@ -230,7 +230,7 @@ def record_darknet_training(args: argparse.Namespace) -> int:
         darknet_include=Path(args.darknet_include) if args.darknet_include else None,
     )
     recording = record_training(settings)
-    paths = write_recording(recording, out)
+    paths = write_recording(recording, out, overwrite=args.overwrite)
     console = Console(soft_wrap=True, highlight=False, width=None if _tty() else 200)
     for line in iter_summary(recording):
         console.print(line)
