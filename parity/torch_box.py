@@ -103,24 +103,40 @@ def _ciou_alpha(v: Tensor, iou: Tensor) -> Tensor:
     return (v.double() / ((1 - iou + v).double() + 0.000001)).to(v.dtype)
 
 
-def box_ciou(a: Boxes, b: Boxes) -> Tensor:
+def box_ciou(a: Boxes, b: Boxes, detach_alpha: bool = False) -> Tensor:
+    """darknet's CIoU; ``detach_alpha`` keeps autograd out of alpha (as common ports do)."""
     diag2, dist2 = _diag_and_dist(a, b)
     iou = box_iou(a, b)
     diff = _atan_diff(a, b)
     v = (4 / PI2 * diff * diff).to(iou.dtype)
     alpha = _ciou_alpha(v, iou)
+    if detach_alpha:
+        alpha = alpha.detach()
     return torch.where(diag2 == 0, iou, iou - (dist2 / diag2 + alpha * v))
 
 
-def box_iou_kind(a: Boxes, b: Boxes, kind: str) -> Tensor:
+def box_iou_kind(a: Boxes, b: Boxes, kind: str, detach_alpha: bool = False) -> Tensor:
     """IoU of darknet's ``iou_thresh_kind``: iou, giou, diou or ciou."""
     if kind == "giou":
         return box_giou(a, b)
     if kind == "diou":
         return box_diou(a, b)
     if kind == "ciou":
-        return box_ciou(a, b)
+        return box_ciou(a, b, detach_alpha)
     return box_iou(a, b)
+
+
+def iou_kind_partials(pred: Boxes, truth: Boxes, kind: str, detach_alpha: bool = False) -> Boxes:
+    """The exact derivative of ``box_iou_kind(pred, truth)`` w.r.t. pred's x, y, w, h (autograd).
+
+    Where darknet writes ``dx_box_iou`` (``iou_loss_grad``: w, h at twice this),
+    a port differentiating its IoU loss gets this; NaN/Inf stay where they arise.
+    """
+    with torch.enable_grad():
+        leaves = [c.detach().clone().requires_grad_(True) for c in pred]
+        value = box_iou_kind(Boxes(*leaves), truth, kind, detach_alpha)
+        grads = torch.autograd.grad(value.sum(), leaves, allow_unused=True)
+    return Boxes(*(torch.zeros_like(c) if g is None else g for c, g in zip(pred, grads)))
 
 
 def _quotient_grad(num: Tensor, dnum: Tensor, den: Tensor, dden: Tensor) -> Tensor:

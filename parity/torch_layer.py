@@ -35,10 +35,11 @@ from torch import Tensor
 
 from . import roles as _roles
 from .config import FLT_MAX, YoloConfig, backward_scale
+from .deviations.variant import Variant
 from .errors import InputError
 from .layer_input import check_flavor, check_layer_shapes, truth_notes, warn_darknet_input
 from .result import Assignments, Decisions, LayerRun, LayerStats
-from .torch_box import Boxes, box_giou, box_iou, box_iou_kind, iou_loss_grad
+from .torch_box import Boxes, box_giou, box_iou, box_iou_kind, iou_kind_partials, iou_loss_grad
 
 # Elements processed per step by the chunked passes (activation, ignore
 # search). On the CPU a chunk that stays in cache is several times faster
@@ -122,6 +123,7 @@ class _Layer:
     host_anchors: Tensor     # [total, 2] on the host: the truth-only planning runs there
     class_map: Tensor | None = None   # [C] long: map= (AlexeyAB), the class written for a truth's class
     decisions: Decisions = field(default_factory=Decisions)   # filled by the passes that decide
+    variant: Variant | None = None    # a catalogue variant's hooks; None: darknet exactly
 
     @property
     def alexeyab(self) -> bool:
@@ -349,23 +351,56 @@ def _box_increment(L: _Layer, pred: Boxes, truth: Boxes, xbox: Tensor, anchor: T
             tw = torch.log((truth.w * cfg.net_w / aw).double()).to(xbox.dtype)
             th = torch.log((truth.h * cfg.net_h / ah).double()).to(xbox.dtype)
         target = torch.stack([tx, ty, tw, th], dim=1)
-        inc = scale[:, None] * (target - xbox)
+        if L.variant is not None and L.variant.scale_2wh == "missing":
+            inc = target - xbox
+        else:
+            inc = scale[:, None] * (target - xbox)
         if L.alexeyab:
             inc = inc * (_f32(cfg.iou_normalizer) * cm)[:, None]
         return inc
     one = torch.ones_like(pred.w)
     safe = Boxes(pred.x, pred.y, torch.where(pred.w == 0, one, pred.w), torch.where(pred.h == 0, one, pred.h))
-    g = iou_loss_grad(safe, truth, cfg.iou_loss)
-    dw, dh = g.w, g.h
-    if not L.new_coords:
-        dw = (dw.double() * torch.exp(xbox[:, 2].double())).to(dw.dtype)
-        dh = (dh.double() * torch.exp(xbox[:, 3].double())).to(dh.dtype)
-    inc = torch.stack([g.x, g.y, dw, dh], dim=1) * (_f32(cfg.iou_normalizer) * cm)[:, None]
+    if L.variant is None or L.variant.box_grad == "darknet":
+        g = iou_loss_grad(safe, truth, cfg.iou_loss)
+        dw, dh = g.w, g.h
+        if not L.new_coords:
+            dw = (dw.double() * torch.exp(xbox[:, 2].double())).to(dw.dtype)
+            dh = (dh.double() * torch.exp(xbox[:, 3].double())).to(dh.dtype)
+        g = Boxes(g.x, g.y, dw, dh)
+    else:
+        g = _variant_box_grad(L, safe, truth, xbox, anchor)
+    inc = torch.stack(list(g), dim=1) * (_f32(cfg.iou_normalizer) * cm)[:, None]
+    if L.variant is not None and L.variant.scale_2wh == "everywhere":
+        inc = inc * scale[:, None]
     inc = torch.where(torch.isfinite(inc), inc, torch.zeros_like(inc))
     if _f32(cfg.max_delta) != FLT_MAX:
         md = _f32(cfg.max_delta)
         inc = inc.clamp(-md, md)
     return inc
+
+
+def _variant_box_grad(L: _Layer, pred: Boxes, truth: Boxes, xbox: Tensor, anchor: Tensor) -> Boxes:
+    """A variant's box gradient: the exact derivative of the IoU kind, in darknet's chain or through the decoding.
+
+    ``exact``: d(IoU kind)/d(x, y, w, h), w and h then through ``exp`` as darknet
+    does (where darknet's dx_box_iou has twice the exact w, h). ``autograd``: the
+    same derivative carried through the whole decoding (1/grid on x, y; the
+    anchor over the network size on w, h), the logistic left to the x, y switches.
+    """
+    V, cfg = L.variant, L.config
+    g = iou_kind_partials(pred, truth, cfg.iou_loss, detach_alpha=V.ciou_alpha == "detached")
+    tw, th = xbox[:, 2].double(), xbox[:, 3].double()
+    if V.box_grad == "exact":
+        if L.new_coords:
+            return g
+        return Boxes(g.x, g.y, (g.w.double() * torch.exp(tw)).to(g.w.dtype), (g.h.double() * torch.exp(th)).to(g.h.dtype))
+    aw, ah = L.anchors[anchor, 0].double(), L.anchors[anchor, 1].double()
+    if L.new_coords:
+        dw_dt, dh_dt = 8 * tw * aw / cfg.net_w, 8 * th * ah / cfg.net_h
+    else:
+        dw_dt, dh_dt = torch.exp(tw) * aw / cfg.net_w, torch.exp(th) * ah / cfg.net_h
+    return Boxes(_div(g.x, L.W), _div(g.y, L.H), (g.w.double() * dw_dt).to(g.w.dtype),
+                 (g.h.double() * dh_dt).to(g.h.dtype))
 
 
 def _record_truth_decisions(L: _Layer, tr: _Truths, b: Tensor, t: Tensor, i: Tensor, j: Tensor, best_n: Tensor,
@@ -402,15 +437,24 @@ def _assignments(L: _Layer, tr: _Truths) -> Assignments:
     anchors = Boxes(zeros, zeros, anchor_w, anchor_h)
     iou = box_iou(Boxes(*(c[None, :] for c in anchors)), Boxes(*(c[:, None] for c in shape)),
                   pjreddie=not L.alexeyab)              # [N, total]
-    _, best_n = _best_over(iou)
-    _record_truth_decisions(L, tr, b, t, i, j, best_n, iou)
     slot_of = torch.full((total,), -1, dtype=torch.long, device=dev)
     for a in reversed(range(L.n)):                        # first index wins, as int_index
         slot_of[int(cfg.mask[a])] = a
+    V = L.variant
+    if V is not None and V.assign == "best_in_mask":      # the best of the layer's own anchors, always used
+        eff = torch.where(iou > 0, iou, torch.zeros_like(iou))
+        best_n = torch.where(slot_of[None, :] >= 0, eff, torch.full_like(eff, -1.0)).max(dim=-1).indices
+    else:
+        _, best_n = _best_over(iou)
+    _record_truth_decisions(L, tr, b, t, i, j, best_n, iou)
     candidates = [(best_n, slot_of[best_n] >= 0, torch.zeros_like(best_n, dtype=torch.bool))]
     rows = [torch.arange(b.shape[0], device=dev)]
     order = [torch.zeros_like(best_n)]
-    if L.alexeyab and _f32(cfg.iou_thresh) < 1.0:
+    if V is not None and V.assign == "ratio":
+        r, n = _ratio_matches(L, box, slot_of, V.ratio_k)
+        candidates = [(n, torch.ones_like(n, dtype=torch.bool), torch.zeros_like(n, dtype=torch.bool))]
+        rows, order = [r], [1 + n]
+    elif L.alexeyab and _f32(cfg.iou_thresh) < 1.0 and (V is None or V.extras == "darknet"):
         kind_iou = box_iou_kind(Boxes(*(c[None, :] for c in anchors)), Boxes(*(c[:, None] for c in shape)),
                                 cfg.iou_thresh_kind)    # [N, total]
         n_idx = torch.arange(total, device=dev)
@@ -430,6 +474,15 @@ def _assignments(L: _Layer, tr: _Truths) -> Assignments:
     perm = torch.argsort(seq, stable=True)
     row, anchor, is_extra = row[perm], anchor[perm], is_extra[perm]
     return Assignments(b[row], t[row], slot_of[anchor], anchor, j[row], i[row], is_extra)
+
+
+def _ratio_matches(L: _Layer, box: Boxes, slot_of: Tensor, k: float) -> tuple[Tensor, Tensor]:
+    """(truth row, anchor) pairs whose width and height ratios to the layer's anchor are both within ``k``."""
+    cfg = L.config
+    rw = (box.w[:, None] * cfg.net_w) / L.host_anchors[None, :, 0]
+    rh = (box.h[:, None] * cfg.net_h) / L.host_anchors[None, :, 1]
+    worst = torch.maximum(torch.maximum(rw, 1 / rw), torch.maximum(rh, 1 / rh))
+    return ((slot_of[None, :] >= 0) & (worst < k)).nonzero(as_tuple=True)
 
 
 def _slot_ranks(L: _Layer, asg: Assignments) -> Tensor:
@@ -509,6 +562,17 @@ def _any_class_above(o: Tensor, thresh: float) -> Tensor:
     return match
 
 
+def _ignored(L: _Layer, best_match: Tensor, best_iou: Tensor) -> Tensor:
+    """Slots whose negative objectness is not written: darknet's test, or a variant's."""
+    V = L.variant
+    if V is None:
+        return best_match > _f32(L.config.ignore_thresh)
+    if V.ignore == "none":
+        return torch.zeros_like(best_iou, dtype=torch.bool)
+    thresh = _f32(L.config.ignore_thresh if V.ignore_thresh is None else V.ignore_thresh)
+    return (best_iou if V.ignore == "no_class_match" else best_match) > thresh
+
+
 def _cell_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
     """Step 2: objectness for every slot, and the truth_thresh positives."""
     cfg = L.config
@@ -530,7 +594,7 @@ def _cell_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
         p = o[:, :, 4]
         obj_norm = _f32(cfg.obj_normalizer)
         d_obj = obj_norm * (0 - p)
-        ignored = best_match > _f32(cfg.ignore_thresh)
+        ignored = _ignored(L, best_match, best_iou)
         if cfg.objectness_smooth:
             smoothed = obj_norm * (best_match - p)
             kept = torch.where(smoothed > d_obj, smoothed, d_obj)
@@ -541,7 +605,7 @@ def _cell_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
         L.roles |= blocked.to(torch.int32) * _roles.ROLE_CLASSMATCH_BLOCKED
     else:
         p = o[:, :, 4]
-        ignored = best_iou > _f32(cfg.ignore_thresh)
+        ignored = _ignored(L, best_iou, best_iou)
         d[:, :, 4] = torch.where(ignored, torch.zeros_like(p), 0 - p)
         L.decisions.class_match = torch.ones_like(ignored)
         L.decisions.best_match_iou = best_iou
@@ -623,6 +687,11 @@ def _truth_pass(L: _Layer, plan: _Plan, stats: dict[str, Tensor]) -> None:
         stats["total_bbox"] = stats["total_bbox"] + N
     p_obj = o[b, a, 4, j, i]
     obj_target = cm * _f32(cfg.obj_normalizer) * (1 - p_obj) if L.alexeyab else 1 - p_obj
+    V = L.variant
+    if V is not None and V.obj_target != "one":
+        kind = cfg.iou_loss if (V.obj_target == "iou_kind" and cfg.iou_loss != "mse") else "iou"
+        target = iou if kind == "iou" else box_iou_kind(pred, truth, kind).clamp(min=0)
+        obj_target = cm * _f32(cfg.obj_normalizer) * (target - p_obj) if L.alexeyab else target - p_obj
 
     for k in plan.ranks:
         bk, ak, jk, ik, ck = b[k], a[k], j[k], i[k], cls[k]
@@ -634,6 +703,8 @@ def _truth_pass(L: _Layer, plan: _Plan, stats: dict[str, Tensor]) -> None:
             new_box = box_now + inc[k]
         else:
             new_box = inc[k]
+        if V is not None and V.box_writer != "darknet":
+            new_box = inc[k] if V.box_writer == "last" else torch.where(rewritten[:, None], box_now, inc[k])
         for e in range(4):
             d[bk, ak, e, jk, ik] = new_box[:, e]
         if L.alexeyab and cfg.objectness_smooth:
@@ -645,6 +716,8 @@ def _truth_pass(L: _Layer, plan: _Plan, stats: dict[str, Tensor]) -> None:
         old = d[bk, ak, 5:, jk, ik]
         test_class = ck if L.alexeyab else torch.zeros_like(ck)
         shortcut = old.gather(1, test_class[:, None])[:, 0] != 0
+        if V is not None and V.class_write == "rewrite":
+            shortcut = torch.zeros_like(shortcut)
         full = _class_full(L, p_cls, old, ck)
         short_val = _class_shortcut(L, p_cls.gather(1, ck[:, None])[:, 0], old.gather(1, ck[:, None])[:, 0], ck)
         short_rows = old.scatter(1, ck[:, None], short_val[:, None])
@@ -794,7 +867,7 @@ def _cost(L: _Layer, stats: dict[str, Tensor]) -> None:
 
 def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str | None = None, *,
                  backward: str = "cpu", loss_scale: float = 1.0,
-                 dtype: torch.dtype = torch.float32) -> LayerRun:
+                 dtype: torch.dtype = torch.float32, variant: Variant | None = None) -> LayerRun:
     """darknet's [yolo] training forward pass on torch tensors.
 
     Args:
@@ -809,6 +882,10 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
         dtype: ``torch.float32`` (darknet's precision, the default) or ``torch.float64``: the
             same formulas and decisions computed in double, to tell which of two float32
             results is closer to the exact value.
+        variant: ``parity.deviations.variant.Variant``: the hooks of a catalogue variant
+            (ignore, assignment, box gradient, objectness target, writers, averaging);
+            ``None`` (the default) is darknet exactly. ``parity.deviations.variant_forward``
+            adds the switches that rescale terms or replace options.
 
     Returns:
         ``parity.result.LayerRun`` on the input's device: ``output`` and ``delta`` in
@@ -855,6 +932,7 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
         anchors,
         _to_device(torch.tensor(config.class_map[:C], dtype=torch.long), dev)
         if (config.class_map is not None and flavor == "alexeyab") else None,
+        variant=variant,
     )
     zero = torch.zeros((), dtype=dtype, device=dev)
     izero = torch.zeros((), dtype=torch.long, device=dev)
@@ -864,7 +942,10 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
     plan = _plan(L, truth_cpu.to(dtype))
     _cell_pass(L, plan.truths, stats)
     _truth_pass(L, plan, stats)
-    if L.alexeyab and _f32(config.iou_thresh) < 1.0:
+    averaging = L.alexeyab and _f32(config.iou_thresh) < 1.0
+    if variant is not None and variant.averaging != "darknet":
+        averaging = variant.averaging == "always"
+    if averaging:
         _averaging_pass(L)
     else:       # no averaging pass: nothing divided anywhere
         L.decisions.divisor = torch.zeros(B, n, H, W, dtype=torch.long, device=dev)

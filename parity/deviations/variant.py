@@ -1,0 +1,109 @@
+"""``Variant``: darknet's [yolo] semantics with named switches changed.
+
+A value of every switch of the deviation catalogue (``parity.deviations.catalogue``);
+the defaults are darknet's, so ``Variant()`` *is* darknet and the port given
+``variant=None`` or ``Variant()`` computes the same bits. Standard library only:
+the PyTorch port reads it (its hooks), and the catalogue and the search name
+its fields, without either importing the other.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InputError
+
+# Quantities a term's gradient may be divided by (a port's reduction), besides darknet's plain sum.
+REDUCTIONS = ("sum", "batch", "slots", "positives", "positives_classes", "heads")
+
+# field -> allowed values (a tuple), or the type of a fitted parameter
+CHOICES: dict[str, Any] = {
+    "reduce_box": REDUCTIONS, "reduce_obj": REDUCTIONS, "reduce_cls": REDUCTIONS,
+    "weight_box": float, "weight_obj": float, "weight_cls": float, "heads": int,
+    "box_grad": ("darknet", "exact", "autograd"),
+    "ciou_alpha": ("differentiated", "detached"),
+    "box_kind": ("cfg", "mse", "iou", "giou", "diou", "ciou"),
+    "scale_2wh": ("darknet", "missing", "everywhere"),
+    "iou_normalizer": ("cfg", "ignored"),
+    "max_delta": ("cfg", "ignored"),
+    "xy_logistic_grad": bool, "xy_scale_grad": bool,
+    "obj_target": ("one", "iou", "iou_kind"),
+    "obj_loss": ("bce", "mse"),
+    "obj_normalizer": ("cfg", "ignored"),
+    "ignore": ("darknet", "none", "no_class_match"),
+    "ignore_thresh": (type(None), float),
+    "assign": ("darknet", "best_in_mask", "ratio"),
+    "ratio_k": float,
+    "extras": ("darknet", "none"),
+    "box_writer": ("darknet", "last", "first"),
+    "class_write": ("darknet", "rewrite"),
+    "averaging": ("darknet", "none", "always"),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Switch values; every default is darknet's own semantics (see the catalogue for each)."""
+
+    # reduction and weights per term: the gradient of a term is multiplied by weight / quantity
+    reduce_box: str = "sum"
+    reduce_obj: str = "sum"
+    reduce_cls: str = "sum"
+    weight_box: float = 1.0
+    weight_obj: float = 1.0
+    weight_cls: float = 1.0
+    heads: int = 1                  # the quantity "heads" (a mean over the network's heads)
+    # box gradient
+    box_grad: str = "darknet"       # dx_box_iou | exact IoU-kind derivative | autograd through the decoding
+    ciou_alpha: str = "differentiated"   # exact/autograd CIoU only: alpha differentiated or detached (common ports)
+    box_kind: str = "cfg"           # the box loss a port uses instead of the cfg's iou_loss
+    scale_2wh: str = "darknet"      # (2 - w*h): darknet's (mse only) | missing | on every path
+    iou_normalizer: str = "cfg"
+    max_delta: str = "cfg"
+    # x, y
+    xy_logistic_grad: bool = False  # the logistic's derivative multiplied into x, y
+    xy_scale_grad: bool = False     # scale_x_y multiplied into x, y
+    # objectness
+    obj_target: str = "one"
+    obj_loss: str = "bce"           # bce: darknet's target - p; mse: times p*(1 - p)
+    obj_normalizer: str = "cfg"
+    # ignore
+    ignore: str = "darknet"
+    ignore_thresh: float | None = None   # None: the cfg's
+    # assignment
+    assign: str = "darknet"
+    ratio_k: float = 4.0
+    extras: str = "darknet"
+    # slots written twice
+    box_writer: str = "darknet"     # darknet: AlexeyAB accumulates, pjreddie keeps the last
+    class_write: str = "darknet"    # darknet: the "already set" shortcut; rewrite: the last truth's row
+    # averaging over iou_thresh extras
+    averaging: str = "darknet"
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value, allowed = getattr(self, f.name), CHOICES[f.name]
+            if isinstance(allowed, tuple) and all(isinstance(a, str) for a in allowed):
+                ok = value in allowed
+            elif isinstance(allowed, tuple):
+                ok = isinstance(value, allowed) or (float in allowed and isinstance(value, int))
+            elif allowed is float:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            else:
+                ok = isinstance(value, allowed)
+            if not ok:
+                raise InputError(f"Variant.{f.name}={value!r}: expected one of {allowed}")
+
+    def changes(self) -> dict[str, Any]:
+        """The switches that differ from darknet's values."""
+        base = Variant()
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != getattr(base, f.name)}
+
+    @property
+    def is_darknet(self) -> bool:
+        return not self.changes()
+
+
+DARKNET = Variant()

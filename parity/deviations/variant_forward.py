@@ -1,0 +1,108 @@
+"""A catalogue variant of darknet's [yolo] pass: the PyTorch port run with a ``Variant``.
+
+Three kinds of switches, each implemented once:
+
+* options a port ignores or replaces (``box_kind``, ``iou_normalizer``,
+  ``obj_normalizer``, ``max_delta``): darknet run with the option at the
+  value the port effectively uses (``configured``);
+* decisions and per-write formulas (ignore, assignment, box gradient,
+  objectness target, writers, averaging): the port's own hooks
+  (``yolo_forward(..., variant=...)``);
+* factors on a finished term (the logistic's and ``scale_x_y``'s derivative
+  in x, y, MSE objectness, reductions and weights): applied here to the
+  port's delta, as the chain rule would (``rescale``).
+
+``Variant()`` gives darknet's run bit for bit. A rescaled run carries no
+stats (darknet's cost describes darknet's delta, not the port's).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..config import FLT_MAX, YoloConfig
+from ..result import LayerRun
+from ..torch_layer import logistic, yolo_forward
+from .variant import DARKNET, Variant
+
+__all__ = ["configured", "rescale", "variant_forward", "reduction_quantity"]
+
+# switches that only change an option's value (handled by ``configured``) or a finished term (``rescale``)
+OPTION_SWITCHES = ("box_kind", "iou_normalizer", "obj_normalizer", "max_delta")
+RESCALE_SWITCHES = ("xy_logistic_grad", "xy_scale_grad", "obj_loss", "reduce_box", "reduce_obj", "reduce_cls",
+                    "weight_box", "weight_obj", "weight_cls", "heads")
+
+
+def configured(config: YoloConfig, variant: Variant) -> YoloConfig:
+    """``config`` with the options the variant's port ignores or replaces set to what it uses."""
+    changes: dict[str, object] = {}
+    if variant.box_kind != "cfg":
+        changes["iou_loss"] = variant.box_kind
+    if variant.iou_normalizer == "ignored":
+        changes["iou_normalizer"] = 1.0
+    if variant.obj_normalizer == "ignored":
+        changes["obj_normalizer"] = 1.0
+    if variant.max_delta == "ignored":
+        changes["max_delta"] = FLT_MAX
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def _hooked(variant: Variant) -> Variant | None:
+    """The variant the port's hooks need to see (None when only options or factors change)."""
+    neutral = {k: getattr(DARKNET, k) for k in OPTION_SWITCHES + RESCALE_SWITCHES}
+    rest = dataclasses.replace(variant, **neutral)
+    return None if rest.is_darknet else rest
+
+
+def reduction_quantity(kind: str, run: LayerRun, variant: Variant, classes: int) -> int:
+    """What a term's sum is divided by: batch, slots (b*n*h*w), positives (truth-anchor writes), ..."""
+    B, _, H, W = run.delta.shape
+    n = run.roles.shape[1]
+    positives = max(1, len(run.decisions.assignments)) if run.decisions and run.decisions.assignments else 1
+    return {"sum": 1, "batch": B, "slots": B * n * H * W, "positives": positives,
+            "positives_classes": positives * classes, "heads": variant.heads}[kind]
+
+
+def rescale(run: LayerRun, raw: Tensor, config: YoloConfig, variant: Variant, flavor: str) -> LayerRun:
+    """The variant's factors applied to a finished delta: chain-rule factors, then reductions and weights."""
+    if all(getattr(variant, k) == getattr(DARKNET, k) for k in RESCALE_SWITCHES):
+        return run
+    B, _, H, W = run.delta.shape
+    n, E = config.n, 5 + config.classes
+    delta = run.delta.clone().view(B, n, E, H, W)
+    if variant.xy_logistic_grad or variant.xy_scale_grad:
+        factor = torch.ones_like(delta[:, :, 0:2])
+        if variant.xy_logistic_grad:
+            raw_xy = raw.detach().to(delta.dtype).reshape(B, n, E, H, W)[:, :, 0:2]
+            new_coords = flavor == "alexeyab" and bool(config.new_coords)
+            s = raw_xy if new_coords else logistic(raw_xy, flavor)   # new_coords: the input is already a logistic
+            factor = factor * s * (1 - s)
+        if variant.xy_scale_grad and flavor == "alexeyab":
+            factor = factor * float(np.float32(config.scale_x_y))
+        delta[:, :, 0:2] = delta[:, :, 0:2] * factor
+    if variant.obj_loss == "mse":
+        p = run.output.view(B, n, E, H, W)[:, :, 4]
+        delta[:, :, 4] = delta[:, :, 4] * (p * (1 - p))
+    for rows, kind, weight in ((slice(0, 4), variant.reduce_box, variant.weight_box),
+                               (slice(4, 5), variant.reduce_obj, variant.weight_obj),
+                               (slice(5, None), variant.reduce_cls, variant.weight_cls)):
+        if kind != "sum" or weight != 1.0:
+            delta[:, :, rows] = delta[:, :, rows] * (weight / reduction_quantity(kind, run, variant, config.classes))
+    return LayerRun(run.output, delta.view(run.delta.shape), None, run.roles, run.decisions, dict(run.branches),
+                    backend="variant")
+
+
+def variant_forward(input: Tensor, truth: Tensor, config: YoloConfig, variant: Variant | None = None,
+                    flavor: str | None = None, **kwargs: object) -> LayerRun:
+    """darknet's [yolo] pass with ``variant``'s switches changed (None or ``Variant()``: darknet exactly).
+
+    ``kwargs`` go to ``parity.torch_layer.yolo_forward`` (backward, loss_scale, dtype).
+    """
+    variant = variant or DARKNET
+    flavor = flavor or config.flavor
+    cfg = configured(config, variant)
+    run = yolo_forward(input, truth, cfg, flavor, variant=_hooked(variant), **kwargs)  # type: ignore[arg-type]
+    return rescale(run, input, cfg, variant, flavor)
