@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 DEBIAN_LIB := /usr/lib/darknet/libdarknet.so
 STAMP := .make/installed
 
-.PHONY: install build darknet-lib test parity bench fixtures fuzz sanitize clean
+.PHONY: install build darknet-lib test parity bench fixtures fuzz fuzz-long sanitize clean
 
 # Install the package (editable) with its test extras; torch is pinned in pyproject.
 $(STAMP): pyproject.toml
@@ -46,6 +46,11 @@ fixtures: build darknet-lib
 fuzz: build
 	PARITY_FULL_AGREEMENT=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_torch_agreement.py -k random
 	$(PYTHON) tools/fuzz.py
+
+# The long campaign (not in CI): 100,000 cases over every core; its figures go in the README.
+FUZZ_JOBS ?= $(shell $(PYTHON) -c "from parity.pool import max_jobs; print(max_jobs()[0])" 2>/dev/null || echo 2)
+fuzz-long: build
+	$(PYTHON) tools/fuzz.py --cases 100000 --jobs $(FUZZ_JOBS) --json out/fuzz-long.json
 
 # The C reference and the libdarknet shim under AddressSanitizer and UBSan.
 sanitize: install darknet-lib

@@ -33,10 +33,11 @@ import re
 import sys
 import sysconfig
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -44,7 +45,8 @@ from torch import Tensor
 
 from .case import Case
 from .config import YoloConfig
-from .errors import InputError, ParityError
+from .errors import CaseTimeout, InputError, Interrupted, ParityError
+from .frameworks import FRAMEWORKS, detect_framework, run_foreign
 from .naive import naive_yolo_loss
 from .roles import ROLE_BEST_ANCHOR, ROLE_EXTRA_ANCHOR, ROLE_IGNORED, ROLE_OBJ_NONFINITE, ROLE_TRUTH_THRESH
 from .torch_layer import yolo_forward
@@ -104,6 +106,14 @@ def naive_loss(input: Tensor, truth: Tensor, config: YoloConfig) -> Tensor:
     return naive_yolo_loss(to_nchw(input, config, _layout_of(input)).contiguous(), truth, config)
 
 
+def _per_head_as_network(fn: CandidateFn, convention: str) -> Callable[..., Any]:
+    """A per-head built-in as a whole-network candidate: a list of deltas, or the sum of the losses."""
+    def network(inputs: list[Tensor], truth: Tensor, configs: list[YoloConfig]) -> Any:
+        parts = [fn(x, truth, c) for x, c in zip(inputs, configs)]
+        return torch.stack(parts).sum() if convention == "loss" else parts
+    return network
+
+
 BUILTINS: dict[str, tuple[CandidateFn, str]] = {
     "parity": (parity_delta, "delta"),
     "naive": (naive_loss, "loss"),
@@ -127,9 +137,11 @@ def _check_device(device: str) -> None:
         raise ParityError(f"unknown device {device!r}: {exc}") from None
 
 
-def _from_spec(spec: str, convention: str | None, layout: str, device: str) -> Candidate:
+def _from_spec(spec: str, convention: str | None, layout: str, device: str,
+               framework: str | None = None, network: bool = False) -> Candidate:
     """Unpickling target: a worker re-loads the candidate by its spec."""
-    return load_candidate(spec, convention=convention, layout=layout, device=device)
+    return load_candidate(spec, convention=convention, layout=layout, device=device, framework=framework,
+                          network=network)
 
 
 @dataclass(frozen=True)
@@ -148,24 +160,29 @@ class Candidate:
     convention: str | None = None
     layout: str = "nchw"
     device: str = "cpu"
+    framework: str | None = None     # "torch", "jax" or "tf"; None: detected from the callable's module
+    network: bool = False            # fn(inputs: list, truth, configs: list): every head of a sample at once
 
     def __post_init__(self) -> None:
         _check_choice("convention", self.convention, CONVENTIONS, allow_none=True)
         _check_choice("layout", self.layout, LAYOUTS, allow_none=False)
+        _check_choice("framework", self.framework, FRAMEWORKS, allow_none=True)
         _check_device(self.device)
         if not callable(self.fn):
             raise ParityError(f"candidate {self.name!r}: {type(self.fn).__name__} is not callable")
+        if self.framework is None:
+            object.__setattr__(self, "framework", detect_framework(self.fn))
 
-    def spec(self) -> tuple[str, str | None, str, str]:
-        """``(spec, convention, layout, device)``: what a worker needs to re-load this candidate."""
-        return (self.name, self.convention, self.layout, self.device)
+    def spec(self) -> tuple[str, str | None, str, str, str | None, bool]:
+        """``(spec, convention, layout, device, framework, network)``: what a worker needs to re-load it."""
+        return (self.name, self.convention, self.layout, self.device, self.framework, self.network)
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return (_from_spec, self.spec())
 
 
 def load_candidate(spec: str, *, convention: str | None = None, layout: str = "nchw",
-                   device: str = "cpu") -> Candidate:
+                   device: str = "cpu", framework: str | None = None, network: bool = False) -> Candidate:
     """``"parity"``, ``"naive"``, ``"package.module:callable"`` or ``"path/to/file.py:callable"``.
 
     Deterministic: the same spec gives the same callable (modules are cached
@@ -183,7 +200,9 @@ def load_candidate(spec: str, *, convention: str | None = None, layout: str = "n
         if convention not in (None, own):
             raise ParityError(f"candidate {spec!r} is built in and returns a {own}; "
                               f"convention {convention!r} does not apply")
-        return Candidate(spec, fn, own, layout, device)
+        if network:
+            fn = _per_head_as_network(fn, own)
+        return Candidate(spec, fn, own, layout, device, "torch", network)
     where, attr = _split_spec(spec)
     if _is_file_spec(where):
         path = _resolve_file(where)
@@ -194,7 +213,9 @@ def load_candidate(spec: str, *, convention: str | None = None, layout: str = "n
     if not callable(fn):
         raise ParityError(f"candidate {name!r}: {attr} is a {type(fn).__name__}, not a callable "
                           "fn(input, truth, config)")
-    return Candidate(name, fn, convention, layout, device)
+    if network and framework not in (None, "torch"):
+        raise ParityError(f"candidate {name!r}: whole-network candidates are PyTorch callables")
+    return Candidate(name, fn, convention, layout, device, framework, network)
 
 
 def _split_spec(spec: str) -> tuple[str, str]:
@@ -289,6 +310,8 @@ def _own_frame(exc: BaseException, skip: int = 0) -> str:
     frames = traceback.extract_tb(exc.__traceback__)[skip:]
     libs = _library_dirs()
     own = [f for f in frames if not os.path.realpath(f.filename).startswith(libs)] or frames
+    while len(own) > 1 and own[-1].filename == __file__ and own[-1].name == "refuse":   # the os._exit guard
+        own.pop()
     if not own:
         return ""
     last = own[-1]
@@ -301,8 +324,11 @@ def _describe(exc: BaseException, skip: int = 0) -> str:
     return f"{type(exc).__name__}: {message}" + (f" (at {where})" if where else "")
 
 
-def _raised(candidate: Candidate, exc: BaseException, during: str) -> ParityError:
+def _raised(candidate: Candidate, exc: BaseException, during: str, head: Tensor | None = None) -> ParityError:
     hint = ""
+    if head is not None and (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"):
+        hint = (f"; out of memory on a head of shape {tuple(head.shape)} "
+                f"({head.numel() * head.element_size() / 2**20:.1f} MiB)")
     if candidate.convention is None and "leaf Variable that requires grad" in str(exc):
         hint = ("; the input requires grad to detect a loss convention: if the candidate returns a "
                 "delta or gradient, declare it (--convention delta|grad)")
@@ -332,14 +358,19 @@ def run_candidate(candidate: Candidate, case: Case) -> CandidateOutput:
     loss that does not depend on the input) is a ``ParityError`` naming it.
     """
     config = case.config
+    if candidate.framework not in (None, "torch"):
+        return _run_foreign(candidate, case)
     head = _fresh_input(candidate, case)
     truth = _fresh_truth(case, candidate.device)
     if candidate.convention in (None, "loss"):
         head.requires_grad_()
     try:
-        result = candidate.fn(head, truth, config)
-    except Exception as exc:
-        raise _raised(candidate, exc, "when called") from None
+        with _no_process_exit(candidate):
+            result = candidate.fn(head, truth, config)
+    except (Interrupted, CaseTimeout):
+        raise
+    except BaseException as exc:   # SystemExit, KeyboardInterrupt, GeneratorExit too: never a pass
+        raise _raised(candidate, exc, "when called", head) from None
     detected = candidate.convention is None
     convention = candidate.convention
     if detected and _returns_scalar(candidate, result, head, config):
@@ -349,6 +380,62 @@ def run_candidate(candidate: Candidate, case: Case) -> CandidateOutput:
     else:
         full = _full_tensor(candidate, result, head, config)
         convention = convention or _detect_sign(candidate, full, case)
+        delta = full if convention == "delta" else -full
+    out = np.array(delta.numpy(), dtype=np.float32, copy=True)
+    return CandidateOutput(out, convention, detected, int(np.count_nonzero(~np.isfinite(out))))
+
+
+class ProcessExit(BaseException):
+    """A candidate called ``os._exit``: turned into an exception in the process that runs the cases."""
+
+    def __str__(self) -> str:
+        return f"os._exit({self.args[0]!r}) was called (it would end the whole run)"
+
+
+@contextmanager
+def _no_process_exit(candidate: Candidate) -> Iterator[None]:
+    """``os._exit`` raises while the candidate runs in this process (a child it forks still exits).
+
+    Otherwise a candidate calling ``os._exit(0)`` would end the run with exit
+    code 0 and no report: a pass that never ran.
+    """
+    real, pid = os._exit, os.getpid()
+
+    def refuse(code: int) -> None:
+        if os.getpid() != pid:
+            real(code)
+        raise ProcessExit(code)
+
+    os._exit = refuse
+    try:
+        yield
+    finally:
+        os._exit = real
+
+
+def _run_foreign(candidate: Candidate, case: Case) -> CandidateOutput:
+    """A JAX or TF candidate: its arrays in, its gradient for a loss, darknet's delta out."""
+    config = case.config
+    head = _fresh_input(Candidate(candidate.name, candidate.fn, candidate.convention, candidate.layout, "cpu",
+                                  candidate.framework), case)
+    x = head.numpy()
+    truth = _fresh_truth(case, "cpu").numpy()
+    got = run_foreign(candidate.framework, candidate.fn, x, truth, config, candidate.convention, candidate.name)
+    detected = candidate.convention is None
+    if got.grad is not None:
+        convention = "loss"
+        full = torch.from_numpy(np.array(got.grad, np.float32))
+        delta = -to_nchw(full, config, candidate.layout).contiguous()
+    else:
+        value = np.asarray(got.value)
+        if value.shape != x.shape:
+            raise ParityError(f"candidate {candidate.name!r} returned shape {value.shape}, expected the input's "
+                              f"shape {x.shape}: {_expected_shapes(head, config, candidate.layout)}")
+        if not np.issubdtype(value.dtype, np.floating):
+            raise ParityError(f"candidate {candidate.name!r} returned dtype {value.dtype}; a delta, gradient or "
+                              "loss must be floating point")
+        full = to_nchw(torch.from_numpy(np.array(value, np.float32)), config, candidate.layout).contiguous()
+        convention = candidate.convention or _detect_sign(candidate, full, case)
         delta = full if convention == "delta" else -full
     out = np.array(delta.numpy(), dtype=np.float32, copy=True)
     return CandidateOutput(out, convention, detected, int(np.count_nonzero(~np.isfinite(out))))
@@ -394,6 +481,12 @@ def _not_a_tensor(candidate: Candidate, result: Any, head: Tensor, config: YoloC
 
 
 def _check_float(candidate: Candidate, result: Tensor) -> None:
+    if result.layout != torch.strided:
+        raise ParityError(f"candidate {candidate.name!r} returned a {result.layout} tensor; return a dense "
+                          "(strided) tensor (e.g. .to_dense())")
+    if result.is_meta:
+        raise ParityError(f"candidate {candidate.name!r} returned a tensor on the 'meta' device, which holds no "
+                          "values; return a CPU or CUDA tensor")
     if not result.is_floating_point():
         raise ParityError(f"candidate {candidate.name!r} returned dtype {result.dtype}; a delta, gradient "
                           "or loss must be a floating-point tensor")

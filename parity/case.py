@@ -11,12 +11,14 @@ import io
 import json
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .atomic import write_atomic
 from .cfg import yolo_config_from_cfg
 from .config import YoloConfig
 from .errors import CaseFormatError, ParityError
@@ -76,6 +78,7 @@ def load_case(path: str | os.PathLike[str]) -> Case:
     """Read one format-v1 case; CaseFormatError names the file and the problem."""
     path = os.fspath(path)
     try:
+        _check_member_sizes(path)
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in REQUIRED_KEYS if k not in data.files]
             if missing:
@@ -88,10 +91,10 @@ def load_case(path: str | os.PathLike[str]) -> Case:
             truth = _float_array(data, "truth", path)
             output = _float_array(data, "output", path) if "output" in data.files else None
             delta = _float_array(data, "delta", path) if "delta" in data.files else None
-    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as exc:
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError, zlib.error, MemoryError) as exc:
         if isinstance(exc, ParityError):
             raise
-        raise CaseFormatError(f"{path}: not a readable .npz case: {exc}") from exc
+        raise CaseFormatError(f"{path}: not a readable .npz case: {type(exc).__name__}: {exc}") from None
     flavor = str(meta.get("flavor", "alexeyab"))
     if flavor not in ("alexeyab", "pjreddie"):
         raise CaseFormatError(f"{path}: meta.flavor {flavor!r} is not 'alexeyab' or 'pjreddie'")
@@ -100,6 +103,29 @@ def load_case(path: str | os.PathLike[str]) -> Case:
         if arr is not None and arr.shape != inp.shape:
             raise CaseFormatError(f"{path}: '{key}' shape {arr.shape} differs from input shape {inp.shape}")
     return Case(cfg, config, flavor, inp, truth, output, delta, stats, meta, path)
+
+
+def _check_member_sizes(path: str) -> None:
+    """Each ``.npy`` member's header against the bytes the member really holds.
+
+    A small file whose header claims a huge array would otherwise make numpy
+    try to allocate it (a ``MemoryError``, or the machine swapping).
+    """
+    if not zipfile.is_zipfile(path):
+        return                                  # np.load names the problem
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read(member)
+            claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if claimed > info.file_size:
+                raise CaseFormatError(f"{path}: member {info.filename!r} claims shape {shape} "
+                                      f"({claimed:,} bytes of {dtype}) but holds {info.file_size:,} bytes")
 
 
 def case_bytes(case: Case) -> bytes:
@@ -136,5 +162,4 @@ def case_bytes(case: Case) -> bytes:
 
 def save_case(path: str | os.PathLike[str], case: Case) -> None:
     """Write ``case`` in format v1 (compressed, no pickles, reproducible bytes)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_bytes(case_bytes(case))
+    write_atomic(path, case_bytes(case))

@@ -20,7 +20,19 @@ from .errors import ParityError
 from .profiles import cfg_cases, load_profiles, profile_cases
 from .replay import case_paths
 
-__all__ = ["CaseRef", "build_case", "build_cases", "case_from_spec", "shard", "suite_refs"]
+__all__ = ["CaseRef", "build_case", "build_cases", "case_from_spec", "check_seed", "shard", "suite_refs"]
+
+# Seeds are numpy SeedSequence entropy: non-negative; kept to 64 bits so every id stays short.
+MAX_SEED = 2**63 - 1
+# Samples per cfg when no count is given (``run --cfg`` without --cases).
+DEFAULT_CFG_SAMPLES = 4
+
+
+def check_seed(seed: int) -> int:
+    """``seed`` if it lies in 0..MAX_SEED, else a ParityError."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ParityError(f"--seed {seed}: must lie in 0..{MAX_SEED}")
+    return seed
 
 _ID = re.compile(r"^(?P<source>.+)#(?P<index>\d+)(?:/head(?P<head>\d+))?$")
 
@@ -49,6 +61,7 @@ def suite_refs(profiles: Sequence[str], cfgs: Sequence[str], files: Sequence[str
     ``cases`` samples per profile or cfg (None: each profile's own count, 4 per cfg).
     """
     refs: list[CaseRef] = []
+    check_seed(seed)
     if cases is not None and cases < 1:
         raise ParityError(f"--cases {cases}: must be at least 1")
     if profiles:
@@ -117,18 +130,60 @@ def build_cases(refs: Sequence[CaseRef], profiles_extra: Sequence[str] = ()) -> 
             raise ParityError(f"{first.source}: the sweep has fewer than {last + 1} cases")
 
 
+def build_samples(refs: Sequence[CaseRef], profiles_extra: Sequence[str] = ()
+                  ) -> Iterator[tuple[CaseRef, Case, list[Case]]]:
+    """Like ``build_cases``, with every case's whole sample: all heads of its sample, in head order.
+
+    A whole-network candidate needs every head of a sample even when a shard
+    selects only some of them; each sample's list is one shared object.
+    """
+    pending: dict[tuple[str, str, int, int], dict[int, CaseRef]] = {}
+    for ref in refs:
+        if ref.kind == "file":
+            case = load_case(ref.source)
+            yield ref, case, [case]
+        else:
+            pending.setdefault((ref.kind, ref.source, ref.seed, ref.count), {})[ref.index] = ref
+    for wanted in pending.values():
+        first = next(iter(wanted.values()))
+        last = max(wanted)
+        samples: dict[object, list[Case]] = {}
+        cases: list[Case] = []
+        for k, case in enumerate(_sweep(first, profiles_extra)):
+            cases.append(case)
+            samples.setdefault(case.meta.get("sample", k), []).append(case)
+            if k >= last and _sample_done(case, k, first):
+                break
+        if len(cases) <= last:
+            raise ParityError(f"{first.source}: the sweep has fewer than {last + 1} cases")
+        for k, ref in sorted(wanted.items()):
+            case = cases[k]
+            yield ref, case, samples[case.meta.get("sample", k)]
+
+
+def _sample_done(case: Case, k: int, ref: CaseRef) -> bool:
+    """Whether ``case`` is the last head of its sample (the next case starts another sample)."""
+    heads = case.meta.get("heads")
+    if heads is not None:
+        return int(case.meta.get("head", 0)) + 1 >= int(heads)
+    return True
+
+
 def build_case(ref: CaseRef, profiles_extra: Sequence[str] = ()) -> Case:
     """The one case a descriptor names."""
     return next(case for _, case in build_cases([ref], profiles_extra))
 
 
-def case_from_spec(spec: str, seed: int = 0, profiles_extra: Sequence[str] = ()) -> Case:
+def case_from_spec(spec: str, seed: int = 0, profiles_extra: Sequence[str] = (), cases: int | None = None) -> Case:
     """The case a CASE argument names: a file, or a case id rebuilt with ``seed``.
 
     "NAME#K" is ``CaseRef(kind, NAME, K, seed)`` (what ``run`` reports);
     "NAME#S/headN" is head N of sample S (what ``case_id`` and recorded
-    file names say). NAME is a profile or a cfg file.
+    file names say). NAME is a profile or a cfg file. The sample must lie in
+    the suite ``run --cases`` (``cases``, default: the profile's own count, 4
+    per cfg) would run: a typo must not generate a million samples.
     """
+    check_seed(seed)
     path = Path(spec)
     if path.is_file():
         return build_case(CaseRef("file", spec))
@@ -140,9 +195,26 @@ def case_from_spec(spec: str, seed: int = 0, profiles_extra: Sequence[str] = ())
                           "'yolov4#1/head2' or 'yolov4.cfg#0'")
     source, index = match["source"], int(match["index"])
     kind = _source_kind(source, profiles_extra)
+    _check_in_suite(spec, kind, source, index if match["head"] is None else None,
+                    index if match["head"] is not None else None, cases, profiles_extra)
     if match["head"] is None:
         return build_case(CaseRef(kind, source, index, seed, index + 1), tuple(profiles_extra))
     return _sample_head(kind, source, index, int(match["head"]), seed, profiles_extra)
+
+
+def _check_in_suite(spec: str, kind: str, source: str, index: int | None, sample: int | None, cases: int | None,
+                    profiles_extra: Sequence[str]) -> None:
+    """ParityError naming the suite's size when the case id lies beyond it."""
+    if kind == "profile":
+        heads, count = len(load_profiles(profiles_extra)[source].heads), load_profiles(profiles_extra)[source].count
+    else:
+        heads, count = len(load_cfg(source).yolo_layers), DEFAULT_CFG_SAMPLES
+    samples = cases if cases is not None else count
+    total = samples * heads
+    if (index is not None and index >= total) or (sample is not None and sample >= samples):
+        raise ParityError(f"{spec}: the {source} suite has {total} cases (#0..#{total - 1}: {samples} samples x "
+                          f"{heads} heads{'' if cases is not None else ', its default count'}); a case of a "
+                          "larger run needs that run's --cases N")
 
 
 def _source_kind(source: str, profiles_extra: Sequence[str]) -> str:

@@ -15,6 +15,11 @@ The one excuse rule: a mismatch at a slot whose deciding quantity (in the
 threshold is borderline: reported, not a failure; counters and the cost may
 then differ too (a decision that went the other way changes them), and only
 then.
+
+The rule's one extension: against an -Ofast reference (``rule.reference_build``
+"ofast"), a box element outside the rule but within the -Ofast bound is
+*-Ofast drift*, counted (``CaseDiff.ofast_drift``, per cell) and not a
+failure; a decision mismatch never is.
 """
 from __future__ import annotations
 
@@ -166,6 +171,7 @@ def _compare_delta(name: str, flavor: str, ref_delta: np.ndarray, cand_delta: np
     border[:, :, 4] |= facts.borderline_obj
     decision = (ref != 0) != (cand != 0)
     value = np.zeros(ref.shape, bool)
+    drift = np.zeros(ref.shape, bool)
     result = CaseDiff(name, flavor, tuple(ref_delta.shape), rule.as_dict(), branches=dict(branches or {}))
     for t, term in enumerate(term_names):
         entries = np.nonzero(term_of_entry == t)[0]
@@ -173,7 +179,12 @@ def _compare_delta(name: str, flavor: str, ref_delta: np.ndarray, cand_delta: np
         tol = rule.for_term(term)
         r, c = ref[:, :, part], cand[:, :, part]
         value[:, :, part] = ~decision[:, :, part] & ~tol.within(c, r)
-        _fill_term(result, term, r, c, roles, decision[:, :, part], value[:, :, part], border[:, :, part])
+        drift_tol = rule.drift_for_term(term)
+        if drift_tol is not None:
+            drift[:, :, part] = value[:, :, part] & ~border[:, :, part] & drift_tol.within(c, r)
+            value[:, :, part] &= ~drift[:, :, part]
+        _fill_term(result, term, r, c, roles, decision[:, :, part], value[:, :, part], border[:, :, part],
+                   drift[:, :, part])
         failing_value = value[:, :, part] & ~border[:, :, part]
         if failing_value.any():
             result.needed[term] = _needed(c[failing_value], r[failing_value], tol)
@@ -186,6 +197,7 @@ def _compare_delta(name: str, flavor: str, ref_delta: np.ndarray, cand_delta: np
     result.mask = failing_decision | failing_value
     result.borderline_mask = (decision | value) & border
     result.borderline = int(result.borderline_mask.sum())
+    result.ofast_drift = int(drift.sum())
     result.max_abs, result.max_rel = _finite_errors(cand, ref)
     result.mismatches = _first_mismatches(ref, cand, facts, failing_decision, failing_value,
                                           result.borderline_mask, term_names, term_of_entry, top_k)
@@ -208,7 +220,7 @@ def add_exact(result: CaseDiff, exact_delta: np.ndarray, entries: int) -> None:
 
 
 def _fill_term(result: CaseDiff, term: str, ref: np.ndarray, cand: np.ndarray, roles: np.ndarray,
-               decision: np.ndarray, value: np.ndarray, border: np.ndarray) -> None:
+               decision: np.ndarray, value: np.ndarray, border: np.ndarray, drift: np.ndarray) -> None:
     """The Cells of one term: per-slot sums and maxima over its entries, grouped by role."""
     both = np.isfinite(ref) & np.isfinite(cand)
     with np.errstate(invalid="ignore"):
@@ -218,7 +230,7 @@ def _fill_term(result: CaseDiff, term: str, ref: np.ndarray, cand: np.ndarray, r
     per_slot = {
         "written": (ref != 0).sum(axis=2), "value": (value & ~border).sum(axis=2),
         "decision": (decision & ~border).sum(axis=2), "border": ((decision | value) & border).sum(axis=2),
-        "abs": err.max(axis=2), "rel": rel.max(axis=2), "ulps": ulp.max(axis=2),
+        "abs": err.max(axis=2), "rel": rel.max(axis=2), "ulps": ulp.max(axis=2), "drift": drift.sum(axis=2),
     }
     width = ref.shape[2]
     for r, role in enumerate(ROLES):
@@ -229,7 +241,8 @@ def _fill_term(result: CaseDiff, term: str, ref: np.ndarray, cand: np.ndarray, r
         result.cells.append(Cell(
             term, role, slots * width, int(per_slot["written"][sel].sum()), int(per_slot["value"][sel].sum()),
             int(per_slot["decision"][sel].sum()), int(per_slot["border"][sel].sum()),
-            float(per_slot["abs"][sel].max()), float(per_slot["rel"][sel].max()), int(per_slot["ulps"][sel].max())))
+            float(per_slot["abs"][sel].max()), float(per_slot["rel"][sel].max()), int(per_slot["ulps"][sel].max()),
+            int(per_slot["drift"][sel].sum())))
 
 
 def _first_mismatches(ref, cand, facts, failing_decision, failing_value, borderline, term_names, term_of_entry,

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 
 FLT_MAX = float(np.finfo(np.float32).max)
 
@@ -33,6 +33,7 @@ THRESH_KINDS = ("iou", "giou", "diou", "ciou")
 
 # pjreddie's yolo layer sizes its truth buffer for 90 boxes per image
 # (``l.truths = 90*(4 + 1)``) whatever ``max`` says.
+BACKWARDS = ("cpu", "gpu")   # which darknet backward a delta stands for (backward_scale)
 PJREDDIE_TRUTH_BOXES = 90
 ALEXEYAB_MAX_BOXES = 200
 
@@ -243,3 +244,27 @@ def _pjreddie_problems(c: YoloConfig) -> Iterator[tuple[str, str]]:
 
 
 # --------------------------------------------------------------------------
+
+
+def backward_scale(config: YoloConfig, flavor: str, backward: str = "cpu", loss_scale: float = 1.0) -> float | None:
+    """The factor darknet's backward applies to the layer's delta before adding it to the previous layer's.
+
+    "cpu" (the default: darknet's CPU semantics, ``backward_yolo_layer``):
+    none, the delta is added as is (returns None). "gpu"
+    (``backward_yolo_layer_gpu``): AlexeyAB adds ``delta * (loss_scale *
+    delta_normalizer)``, the factor a float32 product of the [net] option
+    ``loss_scale`` (default 1) and the layer's ``delta_normalizer``; pjreddie's
+    GPU backward adds the delta unscaled (it reads neither option).
+    """
+    if backward not in BACKWARDS:
+        raise InputError(f"backward {backward!r}: expected one of {', '.join(BACKWARDS)}")
+    if not math.isfinite(float(loss_scale)):
+        raise InputError(f"loss_scale {loss_scale!r}: darknet's [net] loss_scale must be a finite number")
+    if backward == "cpu":
+        return None
+    if flavor == "pjreddie":
+        if float(loss_scale) != 1.0:
+            raise InputError(f"loss_scale={loss_scale:g}: pjreddie darknet has no loss_scale (its GPU backward "
+                             "adds the delta unscaled)")
+        return None
+    return float(np.float32(loss_scale) * np.float32(config.delta_normalizer))

@@ -32,6 +32,7 @@ class Cell:
     max_abs: float = 0.0
     max_rel: float = 0.0
     max_ulps: int = 0
+    ofast_drift: int = 0             # outside the rule, within the -Ofast bound (an -Ofast reference only)
 
     @property
     def failing(self) -> int:
@@ -44,6 +45,7 @@ class Cell:
         self.decision_mismatches += other.decision_mismatches
         self.value_mismatches += other.value_mismatches
         self.borderline += other.borderline
+        self.ofast_drift += other.ofast_drift
         self.max_abs = max(self.max_abs, other.max_abs)
         self.max_rel = max(self.max_rel, other.max_rel)
         self.max_ulps = max(self.max_ulps, other.max_ulps)
@@ -81,6 +83,7 @@ class CaseDiff:
     decision_mismatches: int = 0
     value_mismatches: int = 0
     borderline: int = 0
+    ofast_drift: int = 0             # delta elements within -Ofast drift: reported, not failures
     mismatches: list[Mismatch] = field(default_factory=list)
     needed: dict[str, dict[str, float | None]] = field(default_factory=dict)
     heatmaps: dict[str, list[list[int]]] = field(default_factory=dict)
@@ -139,6 +142,7 @@ class Agreement:
     skipped: str | None = None
     borderline: int = 0
     error: str | None = None
+    ofast_drift: int = 0
 
     @classmethod
     def of(cls, diff: CaseDiff) -> "Agreement":
@@ -146,7 +150,7 @@ class Agreement:
         value = diff.value_mismatches + diff.output_mismatches
         decision = diff.decision_mismatches + diff.role_mismatches
         return cls(diff.case, elements, decision, value, diff.max_abs, diff.max_rel, dict(diff.stats_mismatches),
-                   diff.skipped, diff.borderline, diff.error)
+                   diff.skipped, diff.borderline, diff.error, diff.ofast_drift)
 
     def __bool__(self) -> bool:
         return self.skipped is None and self.error is None and not (

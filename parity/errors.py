@@ -7,6 +7,8 @@ input darknet accepts and reads its own way, which we mirror.
 """
 from __future__ import annotations
 
+import signal
+
 EXIT_OK = 0
 EXIT_MISMATCH = 1
 EXIT_USAGE = 2
@@ -56,3 +58,21 @@ class DarknetInputWarning(UserWarning):
     call, naming what darknet will do. Suites generate such input on purpose and
     silence this category (``parity.suite.compare_case``).
     """
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM reached a run: it stops, keeping the results so far.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``) so that no ``except
+    Exception`` on the way swallows it; distinct from ``KeyboardInterrupt`` so
+    that a candidate raising ``KeyboardInterrupt`` itself is that case's error.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {self.name}")
+
+
+class CaseTimeout(BaseException):
+    """One case ran past its time limit (``--timeout``); raised in the process running it."""

@@ -26,8 +26,9 @@ features, so a suite can insist that each one is hit.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -178,8 +179,12 @@ def random_case(seed: int, config: YoloConfig, *, flavor: str | None = None, sha
     return Case(dump_yolo_cfg(config), config, flavor, x, truth, meta=meta)
 
 
-def random_config(rng: np.random.Generator, flavor: str) -> YoloConfig:
-    """A plausible [yolo] config with options drawn across their ranges."""
+def random_config(rng: np.random.Generator, flavor: str, *, class_map_p: float = 0.0) -> YoloConfig:
+    """A plausible [yolo] config with options drawn across their ranges.
+
+    ``class_map_p``: probability of a map= (AlexeyAB). Off by default: a case
+    file's cfg can name a map file only, so a saved case would lose it.
+    """
     num = 9 if rng.random() < 0.7 else 6
     n = int(rng.integers(1, 4))
     mask = tuple(sorted(int(m) for m in rng.choice(num, size=n, replace=False)))
@@ -210,7 +215,49 @@ def random_config(rng: np.random.Generator, flavor: str) -> YoloConfig:
     )
     if rng.random() < 0.15:
         opts["counters_per_class"] = tuple(int(v) for v in rng.integers(0, 500, size=common["classes"]))
+    opts["class_map"] = random_class_map(rng, common["classes"], class_map_p) if class_map_p > 0 else None
     return YoloConfig(**common, **opts)
+
+
+def random_class_map(rng: np.random.Generator, classes: int, p: float = 0.15) -> tuple[int, ...] | None:
+    """A map= (class id remapping) with probability ``p``, drawn from a child of ``rng``.
+
+    The child stream leaves ``rng``'s own draws as they were, so seeds drawn
+    before map= existed give the same configs otherwise.
+    """
+    child = np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])   # type: ignore[attr-defined]
+    if child.random() >= p:
+        return None
+    return tuple(int(v) for v in child.integers(0, classes, size=classes))
+
+
+# Option combinations a suite should reach (issue 11): name -> (the config enables it, branches that show it taken).
+COMBINATIONS: dict[str, tuple[Any, tuple[str, ...]]] = {
+    **{f"new_coords+iou_loss={k}": ((lambda c, k=k: bool(c.new_coords) and c.iou_loss == k), (f"iou_loss_{k}",))
+       for k in ("mse", "iou", "giou", "diou", "ciou")},
+    "objectness_smooth+new_coords=0": (lambda c: bool(c.objectness_smooth) and not c.new_coords,
+                                       ("objectness_smooth",)),
+    "objectness_smooth+truth_thresh<1": (lambda c: bool(c.objectness_smooth) and np.float32(c.truth_thresh) < 1,
+                                         ("objectness_smooth", "truth_thresh")),
+    "objectness_smooth+counters_per_class": (lambda c: bool(c.objectness_smooth) and bool(c.counters_per_class),
+                                             ("objectness_smooth",)),
+    "counters_per_class+label_smooth": (lambda c: bool(c.counters_per_class) and c.label_smooth_eps != 0,
+                                        ("label_smooth",)),
+    "counters_per_class+focal_loss": (lambda c: bool(c.counters_per_class) and bool(c.focal_loss), ("focal",)),
+    "counters_per_class+max_delta<1": (lambda c: bool(c.counters_per_class) and np.float32(c.max_delta) < 1,
+                                       ("max_delta_clip",)),
+    "map+counters_per_class": (lambda c: c.class_map is not None and bool(c.counters_per_class), ()),
+    "map+truth_thresh<1": (lambda c: c.class_map is not None and np.float32(c.truth_thresh) < 1,
+                           ("truth_thresh",)),
+}
+
+
+def reached_combinations(config: YoloConfig, flavor: str, branches: Mapping[str, int]) -> list[str]:
+    """The ``COMBINATIONS`` a run took: its config enables them and it took their branches (AlexeyAB only)."""
+    if flavor != "alexeyab":
+        return []
+    return sorted(name for name, (enabled, needs) in COMBINATIONS.items()
+                  if enabled(config) and all(branches.get(b) for b in needs))
 
 
 # --------------------------------------------------------------------------
@@ -741,7 +788,11 @@ def enabled_branches(config: YoloConfig, features: CaseFeatures | None = None, *
         f"iou_loss_{iou_loss}": True,
         "max_delta_clip": (ab and iou_loss != "mse" and config.max_delta != FLT_MAX and planted
                            and features.plant_wild > 0),
-        "fix_nan_inf": ab and iou_loss != "mse" and features.nonfinite > 0,
+        # new_coords has no exp chain (an infinite logit stays finite through the logistic); with plain
+        # IoU loss the generator's NaN/Inf never reached fix_nan_inf there (observed over the profile's
+        # samples; GIoU/DIoU/CIoU do reach it), so it is not claimed
+        "fix_nan_inf": ab and iou_loss != "mse" and features.nonfinite > 0
+                       and not (config.new_coords and iou_loss == "iou"),
         "zero_x_stop": features.empty_image > 0 or features.mid_terminator > 0,
         "class_oob": ab and features.class_oob > 0,
         "max_truncated": features.over_max > 0 and over_max_possible(config, flavor),

@@ -61,6 +61,8 @@ REPORT_MAX_CASES = 5                # failing cases shown in detail in the failu
 _CONVENTIONS = ("delta", "grad", "loss")   # parity.candidates.CONVENTIONS, without importing torch
 _LAYOUTS = ("nchw", "bnhwc")               # parity.candidates.LAYOUTS
 _FLAVORS = ("alexeyab", "pjreddie")        # parity.config.FLAVORS
+_BUILDS = ("auto", "o2", "ofast")          # parity.suite.REFERENCE_BUILDS
+_BACKWARDS = ("cpu", "gpu")                # parity.config.BACKWARDS
 
 SESSION_KEY = pytest.StashKey["ParitySession"]()
 
@@ -270,7 +272,8 @@ class DarknetParity:
               profile: str | None = None, config: "YoloConfig | None" = None, cases: int | None = None,
               seed: int | None = None, convention: str | None = None, layout: str = "nchw",
               flavor: str | None = None, device: str = "cpu", tolerances: Any = None,
-              finite_only: bool = False) -> "SuiteResult":
+              finite_only: bool = False, framework: str | None = None, network: bool = False,
+              reference_build: str = "auto", backward: str = "cpu", loss_scale: float = 1.0) -> "SuiteResult":
         """Compare ``fn`` with darknet's [yolo] layer; fail the test on any failing case.
 
         ``fn(input, truth, config)`` returns darknet's delta, a gradient or a
@@ -283,7 +286,18 @@ class DarknetParity:
         generated from ``seed``. ``tolerances`` is a tolerance YAML file or a
         ``parity.tolerance.ToleranceRule``. ``finite_only`` (or the option
         --darknet-parity-finite-only) leaves out cases whose input holds
-        NaN/Inf. Returns the ``SuiteResult``.
+        NaN/Inf. ``framework`` ("torch", "jax", "tf"; None detects it from
+        the callable's module) says which arrays ``fn`` takes. ``network=True``:
+        ``fn(inputs, truth, configs)`` takes every head of a sample at once
+        (lists), returning a scalar loss or one delta/gradient per head.
+        ``reference_build="ofast"`` holds ``fn`` to darknet's default
+        -Ofast build: box deltas within the -Ofast bound of the tolerance file
+        are reported as -Ofast drift, not failures ("o2" and the default
+        "auto" keep the strict rule: the C reference is the source's
+        semantics). ``backward="gpu"`` holds ``fn`` to darknet's GPU backward
+        (the reference's delta times ``loss_scale * delta_normalizer``,
+        AlexeyAB); the default "cpu" is darknet's CPU backward. Returns the
+        ``SuiteResult``.
         """
         given = [name for name, value in (("cfg", cfg), ("profile", profile), ("config", config))
                  if value is not None]
@@ -295,11 +309,13 @@ class DarknetParity:
         _choice("convention", convention, _CONVENTIONS, allow_none=True)
         _choice("layout", layout, _LAYOUTS, allow_none=False)
         _choice("flavor", flavor, _FLAVORS, allow_none=True)
+        _choice("reference_build", reference_build, _BUILDS, allow_none=False)
+        _choice("backward", backward, _BACKWARDS, allow_none=False)
 
         from .suite import RunOptions, run_suite
         from .tolerance import ToleranceRule, load_tolerances
 
-        candidate = _candidate(fn, convention, layout, device)
+        candidate = _candidate(fn, convention, layout, device, framework, network)
         if isinstance(tolerances, ToleranceRule):
             rule, tol_path = tolerances, None
         elif tolerances is None or isinstance(tolerances, (str, os.PathLike)):
@@ -317,7 +333,8 @@ class DarknetParity:
 
         opts = RunOptions(candidate=candidate.name, convention=candidate.convention, layout=layout, device=device,
                           tolerances=tol_path, require_coverage=self._session.require_coverage,
-                          finite_only=finite_only or self._session.finite_only)
+                          finite_only=finite_only or self._session.finite_only, network=network,
+                          reference_build=reference_build, backward=backward, loss_scale=float(loss_scale))
         result = run_suite(sweep, opts, candidate=candidate, rule=rule,
                            options={"source": source, "cases": count, "seed": seed})
         self.results.append(result)
@@ -366,18 +383,20 @@ def _choice(what: str, value: Any, choices: tuple[str, ...], allow_none: bool) -
                                 f"{', '.join(choices)}{extra}")
 
 
-def _candidate(fn: Any, convention: str | None, layout: str, device: str) -> Any:
+def _candidate(fn: Any, convention: str | None, layout: str, device: str, framework: str | None = None,
+               network: bool = False) -> Any:
     """A ``parity.candidates.Candidate`` from a callable or a spec string."""
     from .candidates import Candidate, load_candidate
 
     if isinstance(fn, str):
-        return load_candidate(fn, convention=convention, layout=layout, device=device)
+        return load_candidate(fn, convention=convention, layout=layout, device=device, framework=framework,
+                              network=network)
     if not callable(fn):
         raise pytest.UsageError(f"darknet_parity.check(fn): {type(fn).__name__} is neither a callable "
                                 "fn(input, truth, config) nor a spec string 'module:callable'")
     module = getattr(fn, "__module__", None) or "?"
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
-    return Candidate(f"{module}:{name}", fn, convention, layout, device)
+    return Candidate(f"{module}:{name}", fn, convention, layout, device, framework, network)
 
 
 def _short(name: str) -> str:

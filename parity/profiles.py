@@ -348,7 +348,7 @@ def _typed(raw: _Raw, key: str, field: str, value: Any) -> Any:
     elif field == "anchors":
         ok = isinstance(value, list) and all(_is_number(v) for v in value)
         value = tuple(float(v) for v in value) if ok else value
-    elif field == "counters_per_class":
+    elif field in ("counters_per_class", "class_map"):     # class_map: map= given inline (a list of class ids)
         ok = value is None or (isinstance(value, list) and all(_is_int(v) for v in value))
         value = tuple(value) if ok and value is not None else value
     else:
@@ -436,7 +436,7 @@ def _sample_cases(name: str, heads: Sequence[HeadGrid], flavor: str, features: C
                                flavor=flavor, label=f"parity.profiles {name}#{k} seed={seed}")
         for case in cases:
             case.meta.update(meta)
-            case.meta.update({"sample": k, "profile_seed": seed, "forced": force,
+            case.meta.update({"sample": k, "heads": len(heads), "profile_seed": seed, "forced": force,
                               "case_id": f"{name}#{k}/head{case.meta['head']}"})
             yield case
 

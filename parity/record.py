@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
+from .atomic import check_writable, write_atomic
 from .case import Case, case_bytes
 from .cfg import dump_yolo_cfg, load_cfg, parse_cfg, yolo_config_from_cfg
 from .config import YoloConfig
@@ -115,6 +116,8 @@ class Recorder:
             rows ``(image, class, x, y, w, h)``.
         seed: written into each case's meta (the seed of your run, if any).
         model: the model (or a name); its class name goes into meta.
+        overwrite: write into a folder that already holds ``.npz`` files
+            (refused otherwise, so that no recording is replaced by accident).
 
     Only forward passes run with gradients enabled are captured, so a
     validation pass under ``torch.no_grad()`` does not replace the training
@@ -127,7 +130,7 @@ class Recorder:
     def __init__(self, heads: nn.Module | Sequence[nn.Module] | None = None, *, cfg: Any, out: str | os.PathLike,
                  every: int = 1, max_bytes: int | None = None, flavor: str | None = None, layout: str = "nchw",
                  convert_targets: Callable[[Any], Any] | None = None, seed: int | None = None,
-                 model: Any = None) -> None:
+                 model: Any = None, overwrite: bool = False) -> None:
         if layout not in LAYOUTS:
             raise InputError(f"layout {layout!r}: expected 'nchw' or 'bnhwc'")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -140,8 +143,7 @@ class Recorder:
         self.heads = _heads_from(cfg, flavor)
         self.flavor = self.heads[0].config.flavor
         self.out = Path(out)
-        if self.out.exists() and not self.out.is_dir():
-            raise InputError(f"out={os.fspath(out)!r} exists and is not a folder")
+        self._check_out(overwrite)
         self.every = every
         self.max_bytes = max_bytes
         self.layout = layout
@@ -150,7 +152,7 @@ class Recorder:
         self.model_name = None if model is None else (model if isinstance(model, str) else type(model).__name__)
         self.bytes_written = 0
         self.written: list[Path] = []
-        self.stopped = False            # the byte cap was reached: nothing more is written
+        self.stopped = False            # the byte cap was reached or the disk refused: nothing more is written
         self.closed = False
         self._next_step = 0
         self._grid_warned: set[int] = set()
@@ -265,7 +267,8 @@ class Recorder:
                               RecorderWarning, stacklevel=3)
                 self._release()
                 break
-            self._write(path, data)
+            if not self._write(path, data):
+                break
             written.append(path)
         return written
 
@@ -364,14 +367,38 @@ class Recorder:
             meta["seed"] = self.seed
         return Case(self._cfg_text(index, int(x.shape[0])), config, config.flavor, x, truth, meta=meta)
 
-    def _write(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".part")
-        with open(partial, "wb") as handle:
-            handle.write(data)
-        os.replace(partial, path)
+    def _check_out(self, overwrite: bool) -> None:
+        """``out`` can take the files, and replaces no recording unless ``overwrite``: checked now, not at
+        the first write hours into training."""
+        out = os.fspath(self.out)
+        if self.out.exists() and not self.out.is_dir():
+            raise InputError(f"out={out!r} exists and is not a folder")
+        why = check_writable(self.out / "step00000000_head0.npz", "out=")
+        if why:
+            raise InputError(why)
+        if self.out.is_dir() and not overwrite:
+            held = sorted(self.out.glob("*.npz"))
+            if held:
+                raise InputError(f"out={out!r} already holds {len(held)} recording(s) (e.g. {held[0].name}); "
+                                 "choose an empty folder, or pass overwrite=True")
+
+    def _write(self, path: Path, data: bytes) -> bool:
+        """Write one file whole (temporary name, then rename); False, once warned, if the disk refused.
+
+        A full disk or lost permissions stop the recorder for good instead of
+        raising into the training loop; no partial file is left behind.
+        """
+        try:
+            write_atomic(path, data)
+        except OSError as exc:
+            self.stopped = True
+            warnings.warn(f"Recorder: stopped writing at {path}: {exc.strerror or exc}; no further cases are "
+                          f"recorded ({len(self.written)} file(s) written before)", RecorderWarning, stacklevel=4)
+            self._release()
+            return False
         self.bytes_written += len(data)
         self.written.append(path)
+        return True
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -398,6 +425,6 @@ class Recorder:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else ("stopped (max_bytes)" if self.stopped else "recording")
+        state = "closed" if self.closed else ("stopped" if self.stopped else "recording")
         return (f"Recorder({len(self.heads)} heads, every={self.every}, out={os.fspath(self.out)!r}, "
                 f"{len(self.written)} files, {self.bytes_written:,} bytes, {state})")

@@ -17,7 +17,7 @@ import numpy as np
 
 from .backends.c_reference import run_c_reference
 from .backends.libdarknet import run_libdarknet
-from .config import YoloConfig
+from .config import YoloConfig, backward_scale
 from .errors import InputError, ParityError
 from .layer_input import check_flavor, check_layer_input
 from .result import LayerRun
@@ -25,7 +25,7 @@ from .result import LayerRun
 
 def run_reference(config: YoloConfig, input: Any, truth: Any, flavor: str | None = None, *,
                   backend: str = "c", darknet_lib: str | None = None, darknet_include: str | None = None,
-                  delta_normalizer: bool = False, decisions: bool = False) -> LayerRun:
+                  backward: str = "cpu", loss_scale: float = 1.0, decisions: bool = False) -> LayerRun:
     """Run darknet's [yolo] training forward pass on one batch.
 
     Args:
@@ -37,8 +37,10 @@ def run_reference(config: YoloConfig, input: Any, truth: Any, flavor: str | None
         backend: ``"c"`` (our reference) or ``"libdarknet"`` (a real darknet library:
             ``darknet_lib`` is its ``libdarknet.so``, ``darknet_include`` the folder holding
             its ``darknet.h``; both default to Debian's package paths).
-        delta_normalizer: multiply the delta by ``config.delta_normalizer`` as darknet's GPU
-            backward does (its CPU backward does not); off by default.
+        backward: which darknet backward the returned delta stands for: ``"cpu"`` (default,
+            darknet's CPU semantics: the layer's delta as is) or ``"gpu"`` (AlexeyAB's GPU
+            backward: delta * loss_scale * delta_normalizer; ``parity.config.backward_scale``).
+        loss_scale: darknet's [net] ``loss_scale`` (default 1), used by ``backward="gpu"``.
         decisions: also return the C reference's decisions (``LayerRun.decisions``: best IoU
             and truth per slot, class match, best anchors, assignments, averaging divisors),
             exported by the pass that made them. A real libdarknet has none to give.
@@ -59,6 +61,7 @@ def run_reference(config: YoloConfig, input: Any, truth: Any, flavor: str | None
         result = run_libdarknet(config, x, t, flavor, lib_path=darknet_lib, include_dir=darknet_include)
     else:
         raise ParityError(f"unknown reference backend {backend!r}: expected 'c' or 'libdarknet'")
-    if delta_normalizer:
-        result.delta *= np.float32(config.delta_normalizer)
+    scale = backward_scale(config, flavor, backward, loss_scale)
+    if scale is not None:
+        result.delta *= np.float32(scale)
     return result

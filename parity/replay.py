@@ -19,6 +19,7 @@ from .diff import Agreement
 from .errors import ParityError
 from .recorded import locate
 from .reference import run_reference
+from .tolerance import ToleranceRule, build_of
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES_DIR = REPO_ROOT / "fixtures"
@@ -45,15 +46,16 @@ def case_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
 
 def ofast_nonfinite(case: Case) -> bool:
     """Recorded by an -Ofast build on NaN/Inf input: not darknet's source semantics."""
-    return "-Ofast" in str(case.meta.get("build", "")) and not np.isfinite(case.input).all()
+    return build_of(case.meta.get("build")) == "ofast" and not np.isfinite(case.input).all()
 
 
 def replay_case(case: Case, *, reference: str = "c", darknet_lib: str | None = None,
-                darknet_include: str | None = None) -> Agreement:
+                darknet_include: str | None = None, rule: ToleranceRule | None = None) -> Agreement:
     """Run the reference on a recorded case and compare with what was recorded.
 
     The C reference's run on the same input judges borderline decisions
-    (the one excuse rule of ``parity.compare``).
+    (the one excuse rule of ``parity.compare``). A recording of darknet's
+    -Ofast build (``meta.build``) is judged with the -Ofast bound.
     """
     name = case.path or case.name
     if case.output is None or case.delta is None:
@@ -67,7 +69,8 @@ def replay_case(case: Case, *, reference: str = "c", darknet_lib: str | None = N
         darknet_include=darknet_include)
     recorded = case.recorded_run()
     assert recorded is not None
-    return Agreement.of(compare(recorded, res, case=case, decisions=judge, name=name))
+    rule = (rule or ToleranceRule()).for_build(build_of(case.meta.get("build")))
+    return Agreement.of(compare(recorded, res, rule, case=case, decisions=judge, name=name))
 
 
 def replay_paths(paths: Iterable[str | os.PathLike[str]], **kwargs: object) -> Iterator[Agreement]:

@@ -18,6 +18,7 @@ def agreement_table(results: Sequence[Agreement], title: str) -> str:
         extra = f"  stats: {r.stats_mismatches}" if r.stats_mismatches else ""
         extra += f"  error: {r.error}" if r.error else ""
         extra += f"  ({r.borderline} borderline)" if r.borderline else ""
+        extra += f"  ({r.ofast_drift} within -Ofast drift)" if r.ofast_drift else ""
         lines.append(f"{name:52s} {r.status:9s} {r.decision_mismatches:9d} {r.value_mismatches:7d} "
                      f"{r.max_abs:10.3g} {r.max_rel:10.3g}{extra}")
     lines.append(totals_line(results))

@@ -103,8 +103,7 @@ def targets_from_rows(rows: Tensor, batch_size: int, max_boxes: int = 200) -> Te
     if rows.dim() != 2 or rows.shape[1] != 6:
         raise InputError(f"targets: shape {tuple(rows.shape)}, expected [N, 6] rows "
                          "(image_index, class, x, y, w, h)")
-    if rows.shape[0] and not bool(torch.all(rows[:, 0] == torch.trunc(rows[:, 0]))):
-        raise InputError("targets: image indices must be whole numbers (column 0)")
+    _check_whole_images(rows[:, 0])
     return _pack(rows[:, 0].to(torch.long), rows[:, 1], rows[:, 2:6], batch_size, max_boxes)
 
 
@@ -137,8 +136,7 @@ def truth_from_rows(rows: Tensor, batch_size: int, config: YoloConfig, *, layout
         raise InputError(f"targets layout {layout!r}: expected one of {', '.join(ROW_LAYOUTS)}")
     if rows.dim() != 2 or rows.shape[1] != 6:
         raise InputError(f"targets: shape {tuple(rows.shape)}, expected [N, 6] rows ({layout})")
-    if rows.shape[0] and not bool(torch.all(rows[:, 0] == torch.trunc(rows[:, 0]))):
-        raise InputError("targets: image indices must be whole numbers (column 0)")
+    _check_whole_images(rows[:, 0])
     if layout == "icxywh":
         cls, box = rows[:, 1], rows[:, 2:6]
         if not xyxy:
@@ -164,6 +162,15 @@ def truth_from_lists(boxes: Sequence[Tensor], config: YoloConfig, *, layout: str
         parts.append(torch.cat([img, cls.float(), box.float()], 1))
     rows = torch.cat(parts) if parts else torch.zeros(0, 6)
     return truth_from_rows(rows, len(boxes), config, xyxy=xyxy)
+
+
+def _check_whole_images(index: Tensor) -> None:
+    """Image indices (the first column) must be whole numbers: name the first row that is not."""
+    whole = index == torch.trunc(index)
+    if index.numel() and not bool(whole.all()):
+        bad = int(torch.nonzero(~whole)[0, 0])
+        raise InputError(f"targets: row {bad} has image index {float(index[bad])!r}; image indices are whole "
+                         "numbers (the first column)")
 
 
 def _pack(img: Tensor, cls: Tensor, box: Tensor, batch_size: int, max_boxes: int) -> Tensor:

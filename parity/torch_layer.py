@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from . import roles as _roles
-from .config import FLT_MAX, YoloConfig
+from .config import FLT_MAX, YoloConfig, backward_scale
 from .errors import InputError
 from .layer_input import check_flavor, check_layer_shapes, truth_notes, warn_darknet_input
 from .result import Assignments, Decisions, LayerRun, LayerStats
@@ -794,7 +794,7 @@ def _cost(L: _Layer, stats: dict[str, Tensor]) -> None:
 
 
 def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str | None = None, *,
-                 delta_normalizer: bool = False,
+                 backward: str = "cpu", loss_scale: float = 1.0,
                  dtype: torch.dtype = torch.float32) -> LayerRun:
     """darknet's [yolo] training forward pass on torch tensors.
 
@@ -804,7 +804,9 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
             terminator rules: reading stops at the first x == 0 and after ``max`` rows).
         config: the layer's options, as ``load_case(...).config``.
         flavor: ``"alexeyab"`` or ``"pjreddie"``; defaults to ``config.flavor``.
-        delta_normalizer: scale delta by ``config.delta_normalizer`` as darknet's GPU backward does.
+        backward: ``"cpu"`` (default: darknet's CPU backward, the delta as is) or ``"gpu"``
+            (AlexeyAB's GPU backward: delta * loss_scale * delta_normalizer).
+        loss_scale: darknet's [net] ``loss_scale`` (default 1), used by ``backward="gpu"``.
         dtype: ``torch.float32`` (darknet's precision, the default) or ``torch.float64``: the
             same formulas and decisions computed in double, to tell which of two float32
             results is closer to the exact value.
@@ -834,12 +836,13 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
         warn_darknet_input("; ".join(notes))
     if dtype not in (torch.float32, torch.float64):
         raise InputError(f"dtype {dtype}: expected torch.float32 (darknet's) or torch.float64")
+    scale = backward_scale(config, flavor, backward, loss_scale)
     x = input.detach().to(dtype)
     B, _, H, W = x.shape
     n, C = config.n, config.classes
     E = 5 + C
     dev = x.device
-    output = x.clone()
+    output = x.clone(memory_format=torch.contiguous_format)   # a permuted input must not keep its strides
     delta = torch.zeros_like(output)
     mult_np = config.classes_multipliers() if flavor == "alexeyab" else None
     anchors = torch.tensor(np.asarray(config.anchors[: 2 * config.num], dtype=np.float32).reshape(-1, 2)).to(dtype)
@@ -867,8 +870,8 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
     else:       # no averaging pass: nothing divided anywhere
         L.decisions.divisor = torch.zeros(B, n, H, W, dtype=torch.long, device=dev)
     _cost(L, stats)
-    if delta_normalizer:
-        delta = delta * _f32(config.delta_normalizer)
+    if scale is not None:
+        delta = delta * scale
     return LayerRun(output, delta, _layer_stats(L, stats), L.roles, L.decisions, backend="torch")
 
 

@@ -12,7 +12,6 @@ NOT an objective whose derivative is that gradient.
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any, Sequence
 
 import torch
@@ -20,7 +19,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from .cfg import load_cfg, parse_cfg
-from .config import YoloConfig
+from .config import YoloConfig, backward_scale
 from .errors import InputError
 from .result import LayerStats
 from .targets import targets_from_rows
@@ -51,10 +50,13 @@ class _DarknetGradient(torch.autograd.Function):
 
 
 def darknet_yolo_cost(head: Tensor, truth: Tensor, config: YoloConfig, flavor: str | None = None, *,
-                      delta_normalizer: bool = False) -> tuple[Tensor, Tensor, LayerStats]:
-    """One head: ``(cost, delta, stats)``; ``cost.backward()`` leaves ``head.grad == -delta``."""
+                      backward: str = "cpu", loss_scale: float = 1.0) -> tuple[Tensor, Tensor, LayerStats]:
+    """One head: ``(cost, delta, stats)``; ``cost.backward()`` leaves ``head.grad == -delta``.
+
+    ``backward``/``loss_scale``: which darknet backward ``delta`` stands for (``yolo_forward``).
+    """
     with torch.no_grad():
-        run = yolo_forward(head, truth, config, flavor or config.flavor, delta_normalizer=delta_normalizer)
+        run = yolo_forward(head, truth, config, flavor or config.flavor, backward=backward, loss_scale=loss_scale)
     return _DarknetGradient.apply(head, run.stats.cost, run.delta), run.delta, run.stats
 
 
@@ -88,8 +90,13 @@ class DarknetYoloLoss(nn.Module):
         flavor: ``"alexeyab"`` (default) or ``"pjreddie"``.
         layout: ``"nchw"`` (darknet's ``[b, n*(5+c), h, w]``) or ``"bnhwc"``
             (``[b, n, h, w, 5+c]``, common in PyTorch codebases).
-        delta_normalizer: scale gradients by each head's ``delta_normalizer``
-            as darknet's GPU backward does (its CPU backward does not).
+        backward: which darknet backward the gradient reproduces. ``"cpu"``
+            (the default: darknet's CPU semantics, ``backward_yolo_layer``,
+            the delta as is) or ``"gpu"`` (``backward_yolo_layer_gpu``, how
+            most people train: AlexeyAB scales each head's delta by
+            ``loss_scale * delta_normalizer``; pjreddie does not scale).
+        loss_scale: darknet's [net] ``loss_scale`` (default 1, as darknet's);
+            used only by ``backward="gpu"``.
 
     Forward takes one head tensor or a list (one per head, in cfg order) and
     targets as darknet truth ``[b, max_boxes, 6]`` or rows ``[N, 6]``
@@ -97,14 +104,17 @@ class DarknetYoloLoss(nn.Module):
     """
 
     def __init__(self, cfg_or_config: Any, flavor: str | None = None, *, layout: str = "nchw",
-                 delta_normalizer: bool = False) -> None:
+                 backward: str = "cpu", loss_scale: float = 1.0) -> None:
         super().__init__()
         if layout not in ("nchw", "bnhwc"):
             raise InputError(f"layout {layout!r}: expected 'nchw' or 'bnhwc'")
         self.configs = _configs_from(cfg_or_config, flavor)
         self.flavor = flavor or self.configs[0].flavor
         self.layout = layout
-        self.delta_normalizer = delta_normalizer
+        for config in self.configs:       # a bad choice fails here, not at the first batch
+            backward_scale(config, self.flavor, backward, loss_scale)
+        self.backward_mode = backward
+        self.loss_scale = loss_scale
         self.last_stats: list[LayerStats] = []
 
     def _to_nchw(self, head: Tensor, config: YoloConfig) -> Tensor:
@@ -129,7 +139,7 @@ class DarknetYoloLoss(nn.Module):
                 truth = targets_from_rows(targets, batch, config.max_boxes)
             truth = truth.to(device=head.device)
             cost, _, stats = darknet_yolo_cost(self._to_nchw(head, config), truth, config, self.flavor,
-                                               delta_normalizer=self.delta_normalizer)
+                                               backward=self.backward_mode, loss_scale=self.loss_scale)
             self.last_stats.append(stats)
             total = cost if total is None else total + cost
         assert total is not None

@@ -820,4 +820,4 @@ def test_merge_of_shards_with_an_error_exits_2(tmp_path, capsys):
     capsys.readouterr()
     assert main(["merge", str(tmp_path / "s1.json")]) == 2
     err = capsys.readouterr().err
-    assert "darknet-parity: error: 2 of 2 case(s) could not be compared" in err and "boom in port" in err
+    assert "darknet-parity merge: error: 2 of 2 case(s) could not be compared" in err and "boom in port" in err

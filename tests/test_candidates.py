@@ -320,7 +320,7 @@ class TestDeterminism:
         again = load_candidate(first.spec()[0], convention=first.spec()[1], layout=first.spec()[2],
                                device=first.spec()[3])
         assert again == first and again.fn is first.fn
-        assert first.spec() == (first.name, first.convention, "bnhwc", "cpu")
+        assert first.spec() == (first.name, first.convention, "bnhwc", "cpu", first.framework, False)
         assert pickle.loads(pickle.dumps(first)) == first
 
     def test_worker_process_reloads_by_spec(self):

@@ -311,3 +311,51 @@ class TestCaseFeatures:
         assert g.over_max == 1 and g.empty_image == 0 and g.mid_terminator == 0
         with pytest.raises(ParityError, match="cannot force"):
             CaseFeatures().forcing("plant_class_match")
+
+
+class TestOptionCombinations:
+    """Issue 11: combinations the profiles and generators once never reached."""
+
+    def test_random_config_enables_every_combination(self):
+        from parity.generate import COMBINATIONS
+        seen = {name: 0 for name in COMBINATIONS}
+        for k in range(3000):
+            config = random_config(np.random.default_rng([77, k]), "alexeyab", class_map_p=0.15)
+            for name, (enabled, _) in COMBINATIONS.items():
+                seen[name] += bool(enabled(config))
+        assert all(seen.values()), {k: v for k, v in seen.items() if not v}
+
+    def test_class_map_draw_leaves_the_other_options_as_they_were(self, monkeypatch):
+        # map= is drawn from a child stream: without it, every other option and the parent's
+        # next draw are the same (seeds drawn before map= existed give the same configs)
+        import parity.generate as generate
+        with_map, after = [], []
+        for k in range(40):
+            rng = np.random.default_rng([77, k])
+            with_map.append(random_config(rng, "alexeyab", class_map_p=0.15))
+            after.append(rng.random())
+        assert any(c.class_map is not None for c in with_map)
+        monkeypatch.setattr(generate, "random_class_map", lambda rng, classes, p: None)
+        for k in range(40):
+            rng = np.random.default_rng([77, k])
+            assert random_config(rng, "alexeyab", class_map_p=0.15) == with_map[k].replace(class_map=None)
+            assert rng.random() == after[k]
+
+    def test_every_combination_has_a_profile(self):
+        from parity.generate import COMBINATIONS
+        from parity.profiles import load_profiles
+        profiles = load_profiles()
+        missing = [name for name, (enabled, _) in COMBINATIONS.items()
+                   if not any(enabled(h.config) for p in profiles.values() if p.flavor == "alexeyab" for h in p.heads)]
+        assert not missing
+
+    def test_reached_needs_the_branches_taken(self):
+        from parity.generate import reached_combinations
+        config = random_config(np.random.default_rng([77, 0]), "alexeyab").replace(
+            objectness_smooth=1, new_coords=0, truth_thresh=0.7)
+        assert "objectness_smooth+new_coords=0" in reached_combinations(config, "alexeyab", {"objectness_smooth": 2})
+        assert "objectness_smooth+truth_thresh<1" not in reached_combinations(
+            config, "alexeyab", {"objectness_smooth": 2})
+        assert "objectness_smooth+truth_thresh<1" in reached_combinations(
+            config, "alexeyab", {"objectness_smooth": 2, "truth_thresh": 1})
+        assert reached_combinations(config, "pjreddie", {"objectness_smooth": 2, "truth_thresh": 1}) == []

@@ -133,3 +133,15 @@ def test_coverage_is_reported_but_fails_only_when_required():
     assert plain.passed
     strict = run_suite(refs, RunOptions(require_coverage=True))
     assert not strict.passed
+
+
+def test_required_coverage_never_fails_a_single_shard_only_the_merged_whole():
+    from parity.cases import shard
+    from parity.suite import merge
+
+    refs = suite_refs(["yolov4"], [], [], 1, 0)
+    opts = RunOptions(require_coverage=True)
+    shards = [run_suite(shard(refs, f"{i}/2"), opts, shard_spec=f"{i}/2") for i in (1, 2)]
+    assert all(s.missing_branches and s.passed for s in shards), "a shard alone is never judged on coverage"
+    whole = merge(shards)
+    assert whole.whole_suite and whole.missing_branches and not whole.passed

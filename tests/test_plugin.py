@@ -82,6 +82,19 @@ def sign_flipped(input, truth, config):
     return -yolo_forward(input, truth, config).delta
 
 
+def x_drifted(input, truth, config, fraction=0.9):
+    # written x deltas moved by a fraction of the -Ofast bound (parity/tolerances.yaml: 2e-4 + 2e-3*|d|)
+    delta = yolo_forward(input, truth, config).delta.clone()
+    b, _, h, w = delta.shape
+    x = delta.view(b, config.n, 5 + config.classes, h, w)[:, :, 0]
+    x += (x != 0) * fraction * (2e-4 + 2e-3 * x.abs())
+    return delta
+
+
+def gpu_port(input, truth, config):
+    return yolo_forward(input, truth, config, backward="gpu").delta
+
+
 def x_doubled(input, truth, config):
     delta = yolo_forward(input, truth, config).delta.clone()
     b, _, h, w = delta.shape
@@ -197,6 +210,46 @@ def test_my_loss(darknet_parity):
     assert "worst term x (" in out
     assert "x: off by a constant factor 2" in out
     assert "tiny.cfg#1/head0" in out
+
+
+def test_reference_build_ofast_reports_drift_and_only_drift(user: pytest.Pytester) -> None:
+    _user_test(user, """
+def test_strict(darknet_parity):
+    darknet_parity.check(x_drifted, cfg="tiny.cfg", cases=3)
+
+def test_ofast(darknet_parity):
+    result = darknet_parity.check(x_drifted, cfg="tiny.cfg", cases=3, reference_build="ofast")
+    assert sum(c.ofast_drift for c in result.cases) > 0
+
+def test_ofast_beyond(darknet_parity):
+    darknet_parity.check(lambda i, t, c: x_drifted(i, t, c, 1.1), cfg="tiny.cfg", cases=3, reference_build="ofast")
+
+def test_bad_build(darknet_parity):
+    darknet_parity.check(x_drifted, cfg="tiny.cfg", cases=1, reference_build="fast")
+""")
+    result = user.runpytest("-rA")
+    result.assert_outcomes(passed=1, failed=3)
+    result.stdout.re_match_lines([r"PASSED test_user.py::test_ofast$"], consecutive=False)
+    result.stdout.re_match_lines([r"FAILED test_user.py::test_strict\b"], consecutive=False)
+    result.stdout.re_match_lines([r"FAILED test_user.py::test_ofast_beyond\b"], consecutive=False)
+    assert "reference_build='fast'" in result.stdout.str()
+
+
+def test_backward_gpu_compares_with_darknets_gpu_delta(user: pytest.Pytester) -> None:
+    user.makefile(".cfg", halved=TINY_CFG + "delta_normalizer=0.5\n")
+    _user_test(user, """
+def test_gpu(darknet_parity):
+    darknet_parity.check(gpu_port, cfg="halved.cfg", cases=2, backward="gpu", convention="delta")
+
+def test_cpu_candidate_vs_gpu(darknet_parity):
+    darknet_parity.check(correct, cfg="halved.cfg", cases=2, backward="gpu", convention="delta")
+
+def test_gpu_candidate_vs_cpu(darknet_parity):
+    darknet_parity.check(gpu_port, cfg="halved.cfg", cases=2, convention="delta")
+""")
+    result = user.runpytest("-rA")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.re_match_lines([r"PASSED test_user.py::test_gpu$"], consecutive=False)
 
 
 def test_spec_string_and_profile(user: pytest.Pytester) -> None:

@@ -2,7 +2,8 @@
 
 alexeyab-O2/: AlexeyAB built with -O2 (the source's semantics), every case,
 NaN/Inf included. alexeyab/: the same commit built with darknet's default
--Ofast, finite cases (on NaN/Inf input -Ofast compiles isnan away).
+-Ofast, finite cases (on NaN/Inf input -Ofast compiles isnan away), judged
+with the -Ofast bound its meta.build calls for (parity/tolerances.yaml).
 pjreddie/: Debian's 2018 build. Bar: no decision mismatch, every element
 within 1e-5 + 1e-4*|darknet|, counters equal, cost within the same rule.
 """
@@ -16,7 +17,7 @@ import pytest
 
 from parity.compare import compare
 from parity.diff import Agreement
-from parity.tolerance import within
+from parity.tolerance import ToleranceRule, build_of, within
 from parity.case import load_case
 from parity.reference import run_reference
 from parity.replay import ofast_nonfinite, shared_recorded_dir
@@ -48,21 +49,14 @@ def _replay(path: Path | None):
     assert path is not None, "recorded dev set missing"
     case = load_case(path)
     res = run_reference(case.config, case.input, case.truth, flavor=case.flavor, decisions=True)
-    agreement = Agreement.of(compare(case.recorded_run(), res, case=case, decisions=res, name=path.name))
+    rule = ToleranceRule().for_build(build_of(case.meta.get("build")))
+    agreement = Agreement.of(compare(case.recorded_run(), res, rule, case=case, decisions=res, name=path.name))
     record(f"C reference vs recorded {path.parent.name}", agreement.max_abs, agreement.max_rel)
     return case, res, agreement
 
 
 O2_PARAMS = _params("alexeyab-O2") + _params("alexeyab-extra-O2")
-# -Ofast drift past the rule on DIoU/CIoU box deltas in slots written twice (FORMAT.md): issue 11
-# point 4 (an -Ofast bound in parity/tolerance.py) is not implemented yet. Strict: an XPASS says it is.
-OFAST_DRIFT = {"newcoords_smooth_truth_thresh_s3800040", "newcoords_smooth_truth_thresh_s3800041",
-               "newcoords_smooth_truth_thresh_s3800043", "smooth_v4_truth_thresh_s3800051",
-               "smooth_v4_truth_thresh_s3800052"}
-OFAST_PARAMS = [pytest.param(*p.values, id=p.id, marks=[*p.marks, pytest.mark.xfail(
-    strict=True, reason="-Ofast drift beyond the strict rule (issue 11 point 4)")])
-    if p.values[0] is not None and p.values[0].stem in OFAST_DRIFT and p.values[0].parent.name == "alexeyab-extra"
-    else p for p in _params("alexeyab") + _params("alexeyab-extra")]
+OFAST_PARAMS = _params("alexeyab") + _params("alexeyab-extra")
 
 
 class TestRecordedAlexeyabO2:
@@ -98,6 +92,23 @@ class TestRecordedAlexeyabOfast:
             return
         _, _, agreement = _replay(path)
         assert agreement, agreement
+
+    def test_drift_cases_fail_the_strict_rule(self):
+        # The -Ofast bound is needed, and only where the meta says -Ofast:
+        # judged strictly, the -Ofast recordings show drift the rule rejects.
+        paths = [p for p in _cases("alexeyab-extra") if "truth_thresh" in p.stem]
+        if RECORDED is None:
+            pytest.skip("../shared/recorded is absent")
+        drifting = 0
+        for path in paths:
+            case = load_case(path)
+            res = run_reference(case.config, case.input, case.truth, flavor=case.flavor, decisions=True)
+            strict = compare(case.recorded_run(), res, ToleranceRule(), case=case, decisions=res)
+            ofast = compare(case.recorded_run(), res, ToleranceRule().for_build("ofast"), case=case, decisions=res)
+            assert ofast.passed and ofast.decision_mismatches == strict.decision_mismatches == 0
+            assert ofast.ofast_drift == strict.value_mismatches
+            drifting += strict.value_mismatches > 0
+        assert drifting >= 1
 
 
 class TestRecordedPjreddie:

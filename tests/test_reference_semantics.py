@@ -887,16 +887,20 @@ class TestCost:
         # delta is the objectness 1*(0 - 0.75), so cost = 0.75^2
         assert res.stats["cost"] == pytest.approx(0.75 ** 2, rel=1e-6)
 
-    def test_delta_normalizer_scales_delta_only_when_asked(self):
+    def test_gpu_backward_scales_delta_only_when_asked(self):
         c = cfg(delta_normalizer=0.5)
         head = Head(c).set(OBJ, LN3).set(W, 0.3)
         t = truths((0.3, 0.4, 0.45, 0.5, 0))
         plain = run(c, head, t)
         base = run(cfg(), head, t)
-        scaled = run(c, head, t, delta_normalizer=True)
-        np.testing.assert_array_equal(plain.delta, base.delta)   # default off
+        scaled = run(c, head, t, backward="gpu")
+        np.testing.assert_array_equal(plain.delta, base.delta)   # default: darknet's CPU backward
+        assert np.count_nonzero(base.delta)
         np.testing.assert_array_equal(scaled.delta, base.delta * np.float32(0.5))
         assert scaled.stats["cost"] == plain.stats["cost"]       # the cost is darknet's, unscaled
+        # darknet's GPU factor is the float32 product loss_scale * delta_normalizer, then one multiply
+        mixed = run(c, head, t, backward="gpu", loss_scale=128.3)
+        np.testing.assert_array_equal(mixed.delta, base.delta * (np.float32(128.3) * np.float32(0.5)))
 
 
 # ---------------------------------------------------------------------------

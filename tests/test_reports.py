@@ -149,8 +149,11 @@ class TestText:
 
     def test_verdict_lines(self):
         # a case that could not be compared makes the verdict an ERROR (the CLI exits 2)
+        assert "ERROR: 2 of 3 cases failed (1 could not be compared)" in flat(render(make_result()))
+        strict = make_result()
+        strict.require_coverage = True       # missing coverage fails the verdict only where asked for
         assert "ERROR: 2 of 3 cases failed (1 could not be compared); 1 enabled branches never hit" in \
-            flat(render(make_result()))
+            flat(render(strict))
         assert "PARITY: all 1 compared cases match" in flat(render(passing_result()))
 
     @pytest.mark.parametrize("width", [80, 100, 200])
@@ -193,7 +196,16 @@ class TestJson:
 class TestJunit:
     @pytest.fixture()
     def root(self, tmp_path) -> ET.Element:
-        return ET.parse(write_junit(make_result(), tmp_path / "junit.xml")).getroot()
+        result = make_result()
+        result.require_coverage = True
+        return ET.parse(write_junit(result, tmp_path / "junit.xml")).getroot()
+
+    def test_coverage_not_required_is_a_skipped_testcase(self, tmp_path):
+        root = ET.parse(write_junit(make_result(), tmp_path / "j.xml")).getroot()
+        cases = {tc.get("name"): tc for tc in root.iter("testcase")}
+        assert cases["branch-coverage"].find("failure") is None
+        assert "never hit" in cases["branch-coverage"].find("skipped").get("message")
+        assert root.find("testsuite").get("failures") == "1"
 
     def test_counts(self, root):
         suite = root.find("testsuite")

@@ -86,7 +86,7 @@ def test_more_boxes_than_max_are_dropped_with_a_darknet_warning():
 
 
 @pytest.mark.parametrize("rows,message", [
-    (torch.tensor([[0.5, 0, 0.1, 0.1, 0.1, 0.1]]), "whole numbers"),
+    (torch.tensor([[0.5, 0, 0.1, 0.1, 0.1, 0.1]]), "image index 0.5"),
     (torch.tensor([[3, 0, 0.1, 0.1, 0.1, 0.1]]), r"must lie in \[0, 2\)"),
     (torch.zeros(2, 5), r"expected \[N, 6\]"),
 ])

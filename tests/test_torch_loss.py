@@ -1,6 +1,7 @@
 """DarknetYoloLoss: darknet's -delta through autograd, several heads, targets, layouts."""
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
@@ -61,15 +62,27 @@ class TestAutogradContract:
         assert cost.requires_grad and not delta.requires_grad
         assert cost.item() == pytest.approx(float((delta.double() ** 2).sum()), rel=1e-5)
 
-    def test_delta_normalizer_scales_gradient_only_when_asked(self):
+    def test_gpu_backward_scales_gradient_only_when_asked(self):
         case = _case(4)
         config = case.config.replace(delta_normalizer=0.25)
         g = []
-        for flag in (False, True):
+        for backward, loss_scale in (("cpu", 1.0), ("gpu", 1.0), ("gpu", 8.0), ("cpu", 8.0)):
             head = torch.from_numpy(case.input).requires_grad_()
-            DarknetYoloLoss(config, delta_normalizer=flag)(head, torch.from_numpy(case.truth)).backward()
+            loss = DarknetYoloLoss(config, backward=backward, loss_scale=loss_scale)
+            loss(head, torch.from_numpy(case.truth)).backward()
             g.append(head.grad)
-        torch.testing.assert_close(g[1], 0.25 * g[0])
+        assert g[0].count_nonzero() > 0
+        torch.testing.assert_close(g[1], 0.25 * g[0], rtol=0, atol=0)     # darknet's GPU backward
+        torch.testing.assert_close(g[2], 2.0 * g[0], rtol=0, atol=0)      # loss_scale 8 * delta_normalizer 0.25
+        torch.testing.assert_close(g[3], g[0], rtol=0, atol=0)            # the CPU backward ignores both
+
+    def test_default_is_the_cpu_backward_and_bad_choices_fail_at_construction(self):
+        assert inspect.signature(DarknetYoloLoss).parameters["backward"].default == "cpu"
+        case = _case(4)
+        with pytest.raises(InputError, match="backward 'cuda'"):
+            DarknetYoloLoss(case.config, backward="cuda")
+        with pytest.raises(InputError, match="loss_scale"):
+            DarknetYoloLoss(case.config, backward="gpu", loss_scale=float("nan"))
 
 
 def _small_cfg(name: str, size: int) -> str:
@@ -155,3 +168,18 @@ class TestLayouts:
     def test_unknown_layout_is_refused(self):
         with pytest.raises(InputError, match="layout"):
             DarknetYoloLoss(_case(1).config, layout="nhwc")
+
+
+def test_a_non_contiguous_head_gives_the_same_result():
+    # A head that is a permuted view (a port's bnhwc tensor turned back) must not keep its strides inside.
+    import numpy as np
+
+    from parity.generate import random_case, random_config
+
+    case = random_case(4, random_config(np.random.default_rng([21, 4]), "alexeyab"))
+    x = torch.from_numpy(case.input)
+    strided = x.permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2)
+    assert not strided.is_contiguous()
+    a = yolo_forward(x, torch.from_numpy(case.truth), case.config)
+    b = yolo_forward(strided, torch.from_numpy(case.truth), case.config)
+    assert torch.equal(a.delta, b.delta) and torch.equal(a.output, b.output)

@@ -105,7 +105,6 @@ def _compare(host, dev) -> list[str]:
 
 def _map_cases() -> list:
     """Recorded map= cases (class remapping): the device path must apply the map as the host path does."""
-    from parity.case import load_case
     from parity.replay import shared_recorded_dir
 
     root = shared_recorded_dir()

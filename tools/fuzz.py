@@ -65,7 +65,8 @@ from parity.case import Case  # noqa: E402
 from parity.cfg import dump_yolo_cfg  # noqa: E402
 from parity.config import FLT_MAX, IOU_KINDS, THRESH_KINDS, YoloConfig  # noqa: E402
 from parity.errors import ParityError  # noqa: E402
-from parity.generate import COCO_ANCHORS, CaseFeatures, HeadGrid, generate_cases  # noqa: E402
+from parity.generate import (COCO_ANCHORS, COMBINATIONS, CaseFeatures, HeadGrid, generate_cases,  # noqa: E402
+                             random_class_map, reached_combinations)
 from parity.layer_input import active_rows, check_layer_input  # noqa: E402
 
 FUZZ_TAG = 0x5F022   # first word of every case seed: fuzz cases never collide with other generators
@@ -154,6 +155,7 @@ def fuzz_config(rng: np.random.Generator, flavor: str) -> YoloConfig:
         if rng.random() < 0.3:
             counters[int(rng.integers(0, classes))] = 0
         opts["counters_per_class"] = tuple(int(v) for v in counters)
+    opts["class_map"] = random_class_map(rng, classes)
     return YoloConfig(**common, **opts)
 
 
@@ -309,6 +311,7 @@ def compare(case: Case) -> dict[str, Any]:
         "role_mismatches": 0, "role_borderline": 0, "stats_mismatches": {}, "stats_borderline": {},
         "max_abs": diff.max_abs,
         "branches": sorted(k for k, v in ref.branches.items() if v),
+        "combinations": reached_combinations(case.config, case.flavor, ref.branches),
         "nonfinite_input": bool(not np.isfinite(case.input).all()),
     }
     failing = not diff.passed
@@ -587,8 +590,10 @@ def summarize(results: list[dict[str, Any]], seconds: float, args: argparse.Name
     compared = [r for r in results if r["status"] in ("ok", "borderline", "mismatch")]
     branches: Counter[str] = Counter()
     features: Counter[str] = Counter()
+    combos: Counter[str] = Counter({name: 0 for name in COMBINATIONS})
     for r in compared:
         branches.update(r.get("branches", []))
+        combos.update(r.get("combinations", []))
         features.update(r.get("features", []))
         features.update(r.get("mutations", []))
     return {
@@ -612,10 +617,11 @@ def summarize(results: list[dict[str, Any]], seconds: float, args: argparse.Name
         "flavors": dict(Counter(r.get("flavor", "?") for r in compared)),
         "nonfinite_cases": sum(1 for r in compared if r.get("nonfinite_input")),
         "branches_reached": dict(sorted(branches.items())),
+        "combinations_reached": dict(sorted(combos.items())),
         "features": dict(sorted(features.items())),
         "seconds": round(seconds, 2),
         "cases_per_second": round(len(results) / seconds, 1) if seconds > 0 else None,
-        "failures": [{k: v for k, v in r.items() if k not in ("branches", "features", "mutations")}
+        "failures": [{k: v for k, v in r.items() if k not in ("branches", "combinations", "features", "mutations")}
                      for r in results if r["status"] in ("crash", "error", "mismatch")][:50],
     }
 
@@ -632,6 +638,8 @@ def print_summary(s: dict[str, Any]) -> None:
     print(f"  agreeing: {s['ok_cases']} cases; {s['elements']:,} delta elements compared, max abs error "
           f"{s['max_abs_error']:.3g}; flavors {s['flavors']}; NaN/Inf inputs in {s['nonfinite_cases']} cases")
     print("  darknet branches reached (cases): " + ", ".join(f"{k} {v}" for k, v in s["branches_reached"].items()))
+    print("  option combinations reached (cases): "
+          + ", ".join(f"{k} {v}" for k, v in s.get("combinations_reached", {}).items()))
     for f in s.get("saved", []):
         print(f"  saved {f['path']} ({f['status']}, {f['steps']} shrink steps)")
 

@@ -32,6 +32,9 @@ def add_case_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("case", metavar="CASE",
                         help='a case file (.npz) or a case id: "PROFILE#K", "PROFILE#S/headN" or "FILE.cfg#K"')
     parser.add_argument("--seed", type=int, default=0, help="seed of the sweep a case id refers to (default 0)")
+    parser.add_argument("--cases", type=int, metavar="N",
+                        help="samples of the run the case id comes from (run --cases N; default: the profile's "
+                             "own count, 4 per cfg)")
     parser.add_argument("--profiles-file", metavar="YAML", action="append", default=[],
                         help="extra profile file(s) merged over the shipped ones (for ids of their profiles)")
 
@@ -73,7 +76,7 @@ class Explain(Command):
         from ..cases import case_from_spec   # lazy: the CLI's --help stays light (no numpy/torch)
         from ..explain import explain_slot
 
-        case = case_from_spec(args.case, args.seed, args.profiles_file)
+        case = case_from_spec(args.case, args.seed, args.profiles_file, args.cases)
         view = explain_slot(case, parse_cell(args.cell), reference=args.reference, darknet_lib=args.darknet_lib,
                             darknet_include=args.darknet_include, all_truths=args.all_truths)
         console = Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else WIDTH)

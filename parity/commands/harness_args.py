@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..suite import RunOptions
+from ..atomic import check_writable
+from ..errors import ParityError
+from ..pool import check_jobs, check_timeout
+from ..suite import DEFAULT_TIMEOUT, RunOptions
 
 
 def add_candidate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +20,13 @@ def add_candidate_arguments(parser: argparse.ArgumentParser) -> None:
                        help="head layout the callable takes and returns: darknet's [b, n*(5+c), h, w] (default) "
                             "or [b, n, h, w, 5+c]")
     group.add_argument("--device", default="cpu", help="torch device for the candidate (default cpu)")
+    group.add_argument("--whole-network", action="store_true",
+                       help="the callable takes every head of a sample at once: fn(inputs: list, truth, "
+                            "configs: list) returning a scalar loss or one delta/gradient per head")
+    group.add_argument("--framework", choices=("torch", "jax", "tf"),
+                       help="what the callable is written in (default: detected from its module); JAX and TF "
+                            "candidates get their own arrays, and a returned loss is differentiated with "
+                            "jax.grad / tf.GradientTape"),
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +35,29 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--junit", metavar="PATH", help="write a JUnit XML report for CI systems")
     group.add_argument("--html", metavar="PATH", help="write a self-contained HTML report with heatmaps")
     group.add_argument("--verbose", action="store_true", help="show every failing case and mismatch")
+
+
+def add_process_arguments(group: argparse._ActionsContainer) -> None:
+    """--jobs and --timeout: where cases run and how long one may take."""
+    group.add_argument("--jobs", type=int, metavar="N",
+                       help="run the cases in N worker processes, 1 up to a bound from this machine's cores and "
+                            "memory: a candidate that crashes, exits or hangs then costs its own case only "
+                            "(default: in this process)")
+    group.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                       help=f"seconds one case may take before it is an error (default {DEFAULT_TIMEOUT:g}; 0: none)")
+
+
+def check_output_paths(args: argparse.Namespace) -> None:
+    """--json/--junit/--html must be writable files: checked before any case runs."""
+    problems = [why for flag in ("json", "junit", "html")
+                if getattr(args, flag, None) and (why := check_writable(getattr(args, flag), f"--{flag}"))]
+    if problems:
+        raise ParityError("; ".join(problems))
+
+
+def jobs_of(args: argparse.Namespace) -> int | None:
+    """--jobs checked against this machine's bound (None: in this process)."""
+    return check_jobs(args.jobs)
 
 
 def add_diff_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +73,22 @@ def add_diff_arguments(parser: argparse.ArgumentParser) -> None:
                             "(always reported; `make parity` sets this)")
 
 
+def add_semantics_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which darknet the reference stands for: its build (-O2 or -Ofast) and its backward (CPU or GPU)."""
+    group = parser.add_argument_group("reference semantics")
+    group.add_argument("--backward", choices=("cpu", "gpu"), default="cpu",
+                       help="the delta darknet's backward adds to the previous layer: 'cpu' (default, darknet's "
+                            "CPU semantics: the layer's delta) or 'gpu' (AlexeyAB's GPU backward: delta * "
+                            "loss_scale * delta_normalizer; pjreddie's is unscaled)")
+    group.add_argument("--loss-scale", type=float, default=1.0, metavar="F",
+                       help="darknet's [net] loss_scale, used by --backward gpu (default 1, as darknet's)")
+    group.add_argument("--reference-build", choices=("auto", "o2", "ofast"), default="auto",
+                       help="the build of the reference: 'ofast' (darknet's default Makefile flags) reports box "
+                            "deltas within the -Ofast bound of parity/tolerances.yaml as '-Ofast drift', not "
+                            "failures; 'o2' keeps the strict rule. 'auto' (default): a recording's meta.build "
+                            "decides, any other reference (the C reference, --reference libdarknet) is 'o2'")
+
+
 def run_options(args: argparse.Namespace) -> RunOptions:
     """RunOptions from parsed arguments (the reference group comes from add_reference_arguments)."""
     return RunOptions(
@@ -49,4 +98,10 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         per_class=args.per_class, top_k=args.top_k,
         profiles_extra=tuple(getattr(args, "profiles_file", None) or ()),
         require_coverage=bool(getattr(args, "require_coverage", False)),
-        finite_only=bool(getattr(args, "finite_only", False)))
+        finite_only=bool(getattr(args, "finite_only", False)),
+        framework=getattr(args, "framework", None),
+        network=bool(getattr(args, "whole_network", False)),
+        timeout=check_timeout(getattr(args, "timeout", DEFAULT_TIMEOUT)),
+        reference_build=getattr(args, "reference_build", "auto"), backward=getattr(args, "backward", "cpu"),
+        loss_scale=getattr(args, "loss_scale", 1.0))
+

@@ -32,6 +32,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..cases import check_seed
 from ..errors import EXIT_OK, ParityError
 from . import Command, add_reference_arguments
 
@@ -100,6 +101,9 @@ class Record(Command):
         parser.add_argument("--profiles-file", metavar="YAML", action="append", default=[],
                             help="extra profile file(s) merged over the shipped ones")
         parser.add_argument("--out", required=True, metavar="DIR", help="folder to write the .npz files to")
+        parser.add_argument("--overwrite", action="store_true",
+                            help="write into a folder that already holds recordings (.npz), replacing files of "
+                                 "the same name (refused otherwise)")
         add_reference_arguments(parser)
         add_darknet_train_arguments(parser)
 
@@ -118,11 +122,11 @@ class Record(Command):
             raise ParityError("nothing to record: give --profile NAME, --cfg FILE.cfg, --from FILE or --darknet-train")
         if args.cases is not None and args.cases < 1:
             raise ParityError(f"--cases {args.cases}: must be at least 1")
+        check_seed(args.seed)
         if args.reference == "c" and (args.darknet_lib or args.darknet_include):
             raise ParityError("--darknet-lib/--darknet-include need --reference libdarknet")
         out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise ParityError(f"--out {out}: exists and is not a folder")
+        check_out_folder(out, args.overwrite, args.from_files)
         sources = list(self._sources(args))      # every source is checked before anything is written
         table = Table(title=f"recorded with the {args.reference} reference into {out}", title_justify="left")
         for col in ("file", "case", "input", "truths", "cost"):
@@ -210,8 +214,8 @@ def record_darknet_training(args: argparse.Namespace) -> int:
     if args.cases is not None or args.profiles_file:
         raise ParityError("--cases and --profiles-file do not apply to --darknet-train (use --iterations)")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ParityError(f"--out {out}: exists and is not a folder")
+    check_seed(args.seed)
+    check_out_folder(out, args.overwrite, [])
     defaults = TrainSettings()
     settings = TrainSettings(
         cfg=Path(args.darknet_cfg) if args.darknet_cfg else defaults.cfg,
@@ -240,6 +244,29 @@ def record_darknet_training(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"{len(paths)} case(s) written to {out}")
     return EXIT_OK
+
+
+def check_out_folder(out: Path, overwrite: bool, inputs: list[str]) -> None:
+    """Recording never destroys data: --out is a writable folder, not an input, and empty of recordings
+    unless --overwrite."""
+    from ..atomic import check_writable
+
+    if out.exists() and not out.is_dir():
+        raise ParityError(f"--out {out}: exists and is not a folder")
+    target = out.resolve()
+    for given in inputs:
+        source = Path(given).resolve()
+        if target == source or (source.is_file() and target == source.parent):
+            raise ParityError(f"--out {out}: is the --from input {given}; the new recordings would replace the "
+                              "ones they are made from (choose another folder)")
+    if out.is_dir():
+        held = sorted(out.glob("*.npz"))
+        if held and not overwrite:
+            raise ParityError(f"--out {out}: already holds {len(held)} recording(s) (e.g. {held[0].name}); "
+                              "choose an empty folder, or pass --overwrite to replace files of the same name")
+    why = check_writable(out / "case.npz", "--out")
+    if why:
+        raise ParityError(why)
 
 
 def _rerecord(path: Path) -> Any:

@@ -14,7 +14,8 @@ import argparse
 
 from ..errors import ParityError
 from . import Command, add_reference_arguments
-from .harness_args import add_candidate_arguments, add_diff_arguments, add_output_arguments, run_options
+from .harness_args import (add_candidate_arguments, add_diff_arguments, add_output_arguments,
+                           add_process_arguments, add_semantics_arguments, check_output_paths, jobs_of, run_options)
 
 
 class Replay(Command):
@@ -24,8 +25,9 @@ class Replay(Command):
         parser.add_argument("files", nargs="+", metavar="FILE", help="case files or folders")
         add_candidate_arguments(parser)
         add_reference_arguments(parser)
+        add_semantics_arguments(parser)
         add_diff_arguments(parser)
-        parser.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (default 1)")
+        add_process_arguments(parser)
         add_output_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -33,12 +35,15 @@ class Replay(Command):
         from ..suite import run_suite
         from .run import _progress, preflight, report
 
-        refs = suite_refs([], [], args.files, None, 0)
         opts = run_options(args)
+        jobs = jobs_of(args)
+        check_output_paths(args)
+        refs = suite_refs([], [], args.files, None, 0)
         preflight(opts)
         if len(refs) == 1:
             _show_input_warnings(refs[0].source)
-        result = run_suite(refs, opts, jobs=max(1, args.jobs), progress=_progress(len(refs)))
+        result = run_suite(refs, opts, jobs=jobs, progress=_progress(len(refs)),
+                           options={"seed": None, "cases": None, "suite": "replay " + ", ".join(args.files)})
         return report(result, args, "replay")
 
 

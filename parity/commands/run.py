@@ -20,9 +20,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE
+from ..errors import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, ParityError
 from . import Command, add_reference_arguments
-from .harness_args import add_candidate_arguments, add_diff_arguments, add_output_arguments, run_options
+from .harness_args import (add_candidate_arguments, add_diff_arguments, add_output_arguments,
+                           add_process_arguments, add_semantics_arguments, check_output_paths, jobs_of, run_options)
 
 
 class Run(Command):
@@ -43,9 +44,10 @@ class Run(Command):
         cases.add_argument("--seed", type=int, default=0, help="seed of the generated cases (default 0)")
         add_candidate_arguments(parser)
         add_reference_arguments(parser)
+        add_semantics_arguments(parser)
         add_diff_arguments(parser)
         scale = parser.add_argument_group("scale")
-        scale.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (default 1)")
+        add_process_arguments(scale)
         scale.add_argument("--shard", metavar="I/N", help="run only the I-th of N deterministic slices")
         add_output_arguments(parser)
 
@@ -65,20 +67,36 @@ class Run(Command):
         if profiles == ["all"]:
             profiles = default_profile_names()
         opts = run_options(args)
+        jobs = jobs_of(args)
+        check_output_paths(args)
         refs = shard(suite_refs(profiles, args.cfg, replay, args.cases, args.seed, opts.profiles_extra),
                      args.shard)
         preflight(opts)
-        result = run_suite(refs, opts, jobs=max(1, args.jobs), progress=_progress(len(refs)),
-                           shard_spec=args.shard)
+        result = run_suite(refs, opts, jobs=jobs, progress=_progress(len(refs)), shard_spec=args.shard,
+                           options={"seed": args.seed, "cases": args.cases, "suite": suite_description(args)})
         result.notes += notes
         return report(result, args, "run")
+
+
+def suite_description(args: argparse.Namespace) -> str:
+    """What a run covered (profiles, cfgs, recordings) before sharding: shards of one run share it."""
+    parts = [f"profile {p}" for p in args.profile] + [f"cfg {c}" for c in args.cfg]
+    parts += [f"replay {r}" for r in args.replay]
+    return ", ".join(parts) or "the default suite"
 
 
 def preflight(opts) -> None:
     """Fail once, before any case runs, on what would fail every case: the candidate, the library."""
     from ..candidates import load_candidate
 
-    load_candidate(opts.candidate, convention=opts.convention, layout=opts.layout, device=opts.device)
+    import math
+
+    from ..errors import ParityError
+
+    if not math.isfinite(opts.loss_scale):
+        raise ParityError(f"--loss-scale {opts.loss_scale}: darknet's [net] loss_scale must be a finite number")
+    load_candidate(opts.candidate, convention=opts.convention, layout=opts.layout, device=opts.device,
+                   framework=opts.framework, network=opts.network)
     if opts.reference == "libdarknet":
         from ..backends.darknet_library import find_library
         from ..backends.libdarknet import load_shim
@@ -125,12 +143,21 @@ def report(result, args: argparse.Namespace, command: str | None = None) -> int:
     from ..report import render_text, write_reports
 
     render_text(result, verbose=args.verbose)
-    written = write_reports(result, json=args.json, junit=args.junit, html=args.html)
+    try:
+        written = write_reports(result, json=args.json, junit=args.junit, html=args.html)
+    except OSError as exc:
+        raise ParityError(f"could not write a report: {exc}") from None
     for kind, path in written.items():
         print(f"wrote {kind}: {path}")
+    prog = f"darknet-parity {command}" if command else "darknet-parity"
+    if result.incomplete:
+        print(f"{prog}: error: the run is incomplete ({result.incomplete}); "
+              f"{'the reports hold' if written else 'shown above are'} the cases that ran, marked incomplete",
+              file=sys.stderr)
+        return EXIT_USAGE
     errors = [c for c in result.cases if c.error is not None]
     if errors:
-        print_case_errors(errors, len(result.cases), f"darknet-parity {command}" if command else "darknet-parity")
+        print_case_errors(errors, len(result.cases), prog)
         return EXIT_USAGE
     return EXIT_OK if result.passed else EXIT_MISMATCH
 

@@ -92,11 +92,12 @@ class Shrink(Command):
         console = Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else WIDTH)
         from ..cases import case_from_spec   # lazy: the CLI's --help stays light
 
-        case = case_from_spec(args.case, args.seed, args.profiles_file)
+        case = case_from_spec(args.case, args.seed, args.profiles_file, args.cases)
         label = case_label(case, args.case)
         opts = dataclasses.replace(run_options(args), diagnose=False, top_k=1)
         rule = load_tolerances(opts.tolerances)
         candidate = load_candidate(opts.candidate, convention=opts.convention, layout=opts.layout,
+                                   framework=opts.framework,
                                    device=opts.device)
         first = compare_case(case, opts, name=label, rule=rule, candidate=candidate)
         if first.skipped:

@@ -51,6 +51,8 @@ class Counts:
     borderline: int        # borderline mismatches over all cases (never failures)
     borderline_cases: int
     missing_branches: int
+    ofast_drift: int = 0   # delta elements within -Ofast drift over all cases (an -Ofast reference; never failures)
+    ofast_drift_cases: int = 0
 
 
 def skip_reason(case: "CaseDiff") -> str | None:
@@ -66,7 +68,9 @@ def counts(result: "SuiteResult") -> Counts:
     passed = sum(1 for c in cases if c.passed and skip_reason(c) is None)
     missing = sum(len(v) for v in result.missing_branches.values())
     return Counts(len(cases), passed, len(cases) - passed - errors - skipped, errors, skipped,
-                  sum(c.borderline for c in cases), sum(1 for c in cases if c.borderline), missing)
+                  sum(c.borderline for c in cases), sum(1 for c in cases if c.borderline), missing,
+                  sum(getattr(c, "ofast_drift", 0) for c in cases),
+                  sum(1 for c in cases if getattr(c, "ofast_drift", 0)))
 
 
 def term_key(term: str) -> tuple[int, int, str]:
@@ -312,7 +316,8 @@ def case_summary(case: "CaseDiff") -> str:
 def case_detail_lines(case: "CaseDiff", max_mismatches: int | None = None) -> list[str]:
     """A failing case in plain text (JUnit bodies): per-term counts, first mismatches, causes."""
     lines = [case_summary(case), f"flavor {case.flavor or '?'}, delta shape {tuple(case.shape)}, "
-                                 f"{case.borderline} borderline mismatches"]
+                                 f"{case.borderline} borderline mismatches"
+                                 + (f", {case.ofast_drift} elements within -Ofast drift" if case.ofast_drift else "")]
     failures = {t: f for t, f in term_failures(case).items() if f[0] or f[1]}
     if failures:
         lines.append("per term (decision / value mismatches, max abs):")
@@ -355,6 +360,9 @@ def summary_text(result: "SuiteResult") -> str:
     text += f"; {c.borderline} borderline mismatches"
     if c.borderline:
         text += f" in {c.borderline_cases} cases (reported, not failures)"
+    if c.ofast_drift:
+        text += (f"; {c.ofast_drift} elements within -Ofast drift in {c.ofast_drift_cases} cases "
+                 "(an -Ofast reference: reported, not failures)")
     if c.missing_branches:
         text += f"; {c.missing_branches} enabled branches never hit"
     return text + f"; {result.seconds:.2f} s"
@@ -365,13 +373,17 @@ def verdict_text(result: "SuiteResult") -> str:
     c = counts(result)
     if result.passed:
         skipped = f" ({c.skipped} skipped)" if c.skipped else ""
-        return (f"PARITY: all {c.cases - c.skipped} compared cases match darknet under the tolerance rule{skipped}, "
-                "and every enabled branch was hit")
+        coverage = ("every enabled branch was hit" if not c.missing_branches else
+                    f"{c.missing_branches} enabled branches never hit (reported; --require-coverage makes it fail)")
+        return (f"PARITY: all {c.cases - c.skipped} compared cases match darknet under the tolerance rule{skipped}; "
+                + coverage)
     parts = []
     if c.failed or c.errors:
         parts.append(f"{c.failed + c.errors} of {c.cases} cases failed"
                      + (f" ({c.errors} could not be compared)" if c.errors else ""))
-    if c.missing_branches:
+    if getattr(result, "incomplete", ""):
+        parts.append(f"incomplete: {result.incomplete}")
+    if result.coverage_fails:
         parts.append(f"{c.missing_branches} enabled branches never hit")
     return ("ERROR: " if c.errors else "MISMATCH: ") + "; ".join(parts)
 

@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+from ..atomic import write_atomic
 from . import _view
 from ._view import bin_xml_escape
 
@@ -84,10 +85,7 @@ def render_html(result: "SuiteResult", max_cases: int = MAX_CASES) -> str:
 
 def write_html(result: "SuiteResult", path: str | Path, max_cases: int = MAX_CASES) -> Path:
     """Write the page (parents created); returns its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(result, max_cases), encoding="utf-8")
-    return path
+    return write_atomic(path, render_html(result, max_cases).encode("utf-8"))
 
 
 def _verdict(result: "SuiteResult") -> ET.Element:

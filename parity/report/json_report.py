@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..atomic import write_atomic
+
 if TYPE_CHECKING:
     from ..suite import SuiteResult
 
@@ -29,7 +31,4 @@ def dumps(result: "SuiteResult") -> str:
 
 def write_json(result: "SuiteResult", path: str | Path) -> Path:
     """Write ``result`` to ``path`` (parents created); returns the path for ``SuiteResult.load``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dumps(result), encoding="utf-8")
-    return path
+    return write_atomic(path, dumps(result).encode("utf-8"))

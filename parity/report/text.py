@@ -52,6 +52,8 @@ def render_text(result: "SuiteResult", *, console: Console | None = None, verbos
     skipped = [c for c in result.cases if _view.skip_reason(c) is not None]
     if skipped:
         console.print(_skipped_block(skipped, None if verbose else max_cases))
+    if result.incomplete:
+        console.print(_t(f"INCOMPLETE: {result.incomplete}", style="bold red"))
     console.print(_verdict(result))
     for note in getattr(result, "notes", []):
         console.print(_t(f"note: {note}", style="bold yellow"))
