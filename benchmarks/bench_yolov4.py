@@ -132,7 +132,7 @@ def measure(trees: dict[str, Path], repeats: int, tmp: Path) -> list[dict]:
                        "impl": impl, "threads": threads}
                 for label in trees:
                     runs = times[name, impl, threads, label]
-                    row[label] = {"min_s": min(runs), "median_s": statistics.median(runs)}
+                    row[label] = {"min_s": min(runs), "median_s": statistics.median(runs), "max_s": max(runs)}
                     if threads == 1:   # memory does not depend on the thread count worth a second pass
                         row[label]["peak_extra_mib"] = workers[label, name].ask(f"memory {impl} 1")["peak_extra_mib"]
                 rows.append(row)
@@ -158,14 +158,15 @@ def report(result: dict) -> None:
     print(f"{result['workload']}\nmachine: {result['machine']}; load average {result['load_before']} before, "
           f"{result['load_after']} after")
     print(f"this: {result['commit']}" + (f"; against: {against['spec']} = {against['commit']}" if against else ""))
-    head = f"{'workload':8s} {'implementation':28s} {'this min s':>10s} {'peak MiB':>8s}"
+    head = f"{'workload':8s} {'implementation':28s} {'this min s':>10s} {'max s':>7s} {'peak MiB':>8s}"
     if against:
         head += f" {'against s':>10s} {'peak MiB':>8s} {'this/against':>12s}"
     print(head)
     for row in result["rows"]:
         this = row["this"]
         mib = lambda d: f"{d['peak_extra_mib']:8.0f}" if "peak_extra_mib" in d else f"{'-':>8s}"  # noqa: E731
-        line = f"{row['workload']:8s} {row['implementation'][:28]:28s} {this['min_s']:10.4f} {mib(this)}"
+        line = (f"{row['workload']:8s} {row['implementation'][:28]:28s} {this['min_s']:10.4f} "
+                f"{this['max_s']:7.3f} {mib(this)}")
         if against:
             old = row["against"]
             line += f" {old['min_s']:10.4f} {mib(old)} {this['min_s'] / old['min_s']:12.2f}"
@@ -177,7 +178,9 @@ def report(result: dict) -> None:
     cpu = [r for r in result["rows"] if r["workload"] == "b8 t50" and r["impl"] == "torch"]
     if len(cpu) > 1:
         best = min(cpu, key=lambda r: r["this"]["min_s"])
-        print(f"fastest PyTorch CPU setting here: {best['threads']} thread(s) ({best['this']['min_s']:.4f} s)")
+        steady = min(cpu, key=lambda r: r["this"]["max_s"])
+        print(f"fastest PyTorch CPU setting here: {best['threads']} thread(s) ({best['this']['min_s']:.4f} s); "
+              f"slowest run the smallest with {steady['threads']} thread(s) ({steady['this']['max_s']:.4f} s)")
 
 
 def main() -> None:
@@ -205,7 +208,7 @@ def main() -> None:
     result = {
         "workload": "YOLOv4 608x608, heads 76/38/19, 80 classes, yolov4.cfg [yolo] options; "
                     f"workloads {', '.join(w[0] for w in WORKLOADS)} (batch, truths per image); "
-                    f"min of {args.repeats} interleaved runs; peak extra memory of one run (1 thread)",
+                    f"min (and max) of {args.repeats} interleaved runs; peak extra memory of one run (1 thread)",
         "machine": machine(),
         "load_before": load_before,
         "load_after": [round(v, 2) for v in os.getloadavg()],
