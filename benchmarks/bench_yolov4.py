@@ -12,7 +12,7 @@ load, and the ratios compare minimums measured in this run only, never figures
 stored from another load. The figures (with the machine and its load average)
 go to ``--json`` (``make bench`` writes benchmarks/baseline.json, committed).
 
-    python benchmarks/bench_yolov4.py [--against HEAD~1|none] [--repeats 7] [--json out/bench.json]
+    python benchmarks/bench_yolov4.py [--against HEAD~1|none] [--repeats 5] [--json out/bench.json]
 """
 from __future__ import annotations
 
@@ -186,7 +186,7 @@ def report(result: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--against", default="HEAD~1", help="a commit to measure side by side, or 'none'")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", default=str(ROOT / "out" / "bench.json"))
     args = parser.parse_args()
     try:
