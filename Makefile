@@ -25,8 +25,10 @@ darknet-lib:
 	  || echo "note: could not install Debian's darknet package; libdarknet checks will be skipped"; \
 	else echo "note: $(DEBIAN_LIB) missing (apt-get install darknet); libdarknet checks will be skipped"; fi
 
+# PYTEST_ARGS: extra pytest arguments (.ci/run leaves out what make sanitize runs anyway).
+PYTEST_ARGS ?=
 test: build darknet-lib
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
 
 # The default suite: the C reference against real darknet (recordings, Debian's
 # library), then the PyTorch port against the reference over every profile,
@@ -39,8 +41,10 @@ parity: build darknet-lib
 fixtures: build darknet-lib
 	$(PYTHON) tools/make_fixtures.py
 
-# A long random campaign: C reference vs PyTorch port on 10,000+ cases (not a test).
+# A long random campaign: every one of the agreement test's 2,000 random cases, then the C reference
+# vs the PyTorch port on 10,000+ cases (not a test).
 fuzz: build
+	PARITY_FULL_AGREEMENT=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_torch_agreement.py -k random
 	$(PYTHON) tools/fuzz.py
 
 # The long campaign (not in CI): 100,000 cases over every core; its figures go in the README.
@@ -55,6 +59,8 @@ sanitize: install darknet-lib
 clean:
 	rm -rf .make build *.egg-info .pytest_cache
 
-# Speed of the C reference and the PyTorch port on YOLOv4 608 (not a test).
+# Speed of the C reference and the PyTorch port on YOLOv4 608 (not a test), side by side with
+# AGAINST (a commit, or none) in the same run; the figures go to benchmarks/baseline.json.
+AGAINST ?= HEAD~1
 bench: build
-	$(PYTHON) benchmarks/bench_yolov4.py --json out/bench.json
+	$(PYTHON) benchmarks/bench_yolov4.py --against $(AGAINST) --json benchmarks/baseline.json

@@ -42,7 +42,8 @@ class Checkout:
                               capture_output=True, text=True)
         if done.returncode:
             shutil.rmtree(self.tmp, ignore_errors=True)
-            raise SystemExit(f"error: cannot check out {commit!r}: {done.stderr.strip()}")
+            print(f"error: cannot check out {commit!r}: {done.stderr.strip()}", file=sys.stderr)
+            raise SystemExit(2)
 
     def close(self) -> None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(self.path)], capture_output=True)

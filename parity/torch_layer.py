@@ -166,7 +166,7 @@ def _activate(L: _Layer) -> None:
 def _pred_boxes(L: _Layer, a: Tensor, anchor: Tensor, j: Tensor, i: Tensor, b: Tensor) -> Boxes:
     """get_yolo_box at slots (b, a, j, i) with anchor index ``anchor`` (1-D index tensors)."""
     o = L.output
-    tx, ty, tw, th = (o[b, a, e, j, i] for e in range(4))
+    tx, ty, tw, th = o[b, a, 0:4, j, i].unbind(dim=1)     # one gather: [N, 4]
     aw, ah = L.anchors[anchor, 0], L.anchors[anchor, 1]
     cfg = L.config
     x = _div(i.to(tx.dtype) + tx, L.W)
@@ -649,10 +649,9 @@ def _cell_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
     put(slice(5, None), new)
     anchor = L.mask[a]
     pred_s = _pred_boxes(L, a, anchor, j, i, b)
-    xbox = torch.stack([o[b, a, e, j, i] for e in range(4)], dim=1)
+    xbox = o[b, a, 0:4, j, i]                               # [N, 4]
     d_box = _box_increment(L, pred_s, truth, xbox, anchor, j, i, cm)
-    for e in range(4):
-        put(e, d[b, a, e, j, i] + d_box[:, e] if L.alexeyab else d_box[:, e])
+    put(slice(0, 4), d[b, a, 0:4, j, i] + d_box if L.alexeyab else d_box)
     if L.alexeyab:
         stats["total_bbox"] = stats["total_bbox"] + (b.shape[0] if keep is None else keep.sum())
 
@@ -677,7 +676,7 @@ def _truth_pass(L: _Layer, plan: _Plan, stats: dict[str, Tensor]) -> None:
     pred = _pred_boxes(L, a, asg.anchor, j, i, b)
     iou = box_iou(pred, truth, pjreddie=not L.alexeyab)
     asg.iou = iou
-    xbox = torch.stack([o[b, a, e, j, i] for e in range(4)], dim=1)
+    xbox = o[b, a, 0:4, j, i]                               # [N, 4]
     inc = _box_increment(L, pred, truth, xbox, asg.anchor, j, i, cm)
     stats["tot_iou"] = stats["tot_iou"] + iou.sum()
     if L.alexeyab:
@@ -693,9 +692,12 @@ def _truth_pass(L: _Layer, plan: _Plan, stats: dict[str, Tensor]) -> None:
         target = iou if kind == "iou" else box_iou_kind(pred, truth, kind).clamp(min=0)
         obj_target = cm * _f32(cfg.obj_normalizer) * (target - p_obj) if L.alexeyab else target - p_obj
 
+    # Within a rank every slot is distinct and each slot's new row depends only on its own old row:
+    # one gather of the rows, one scatter back (the same values as entry-by-entry writes).
     for k in plan.ranks:
         bk, ak, jk, ik, ck = b[k], a[k], j[k], i[k], cls[k]
-        box_now = torch.stack([d[bk, ak, e, jk, ik] for e in range(4)], dim=1)
+        row = d[bk, ak, :, jk, ik]                          # [Nk, 5 + C]
+        box_now = row[:, 0:4]
         rewritten = (box_now != 0).any(dim=1)
         _mark_where(L, bk, ak, jk, ik, rewritten, _roles.ROLE_REWRITTEN)
         if L.alexeyab:
@@ -705,15 +707,13 @@ def _truth_pass(L: _Layer, plan: _Plan, stats: dict[str, Tensor]) -> None:
             new_box = inc[k]
         if V is not None and V.box_writer != "darknet":
             new_box = inc[k] if V.box_writer == "last" else torch.where(rewritten[:, None], box_now, inc[k])
-        for e in range(4):
-            d[bk, ak, e, jk, ik] = new_box[:, e]
         if L.alexeyab and cfg.objectness_smooth:
-            current = d[bk, ak, 4, jk, ik]
-            d[bk, ak, 4, jk, ik] = torch.where(current == 0, obj_target[k], current)
+            current = row[:, 4]
+            new_obj = torch.where(current == 0, obj_target[k], current)
         else:
-            d[bk, ak, 4, jk, ik] = obj_target[k]
+            new_obj = obj_target[k]
         p_cls = o[bk, ak, 5:, jk, ik]
-        old = d[bk, ak, 5:, jk, ik]
+        old = row[:, 5:]
         test_class = ck if L.alexeyab else torch.zeros_like(ck)
         shortcut = old.gather(1, test_class[:, None])[:, 0] != 0
         if V is not None and V.class_write == "rewrite":
@@ -721,7 +721,8 @@ def _truth_pass(L: _Layer, plan: _Plan, stats: dict[str, Tensor]) -> None:
         full = _class_full(L, p_cls, old, ck)
         short_val = _class_shortcut(L, p_cls.gather(1, ck[:, None])[:, 0], old.gather(1, ck[:, None])[:, 0], ck)
         short_rows = old.scatter(1, ck[:, None], short_val[:, None])
-        d[bk, ak, 5:, jk, ik] = torch.where(shortcut[:, None], short_rows, full)
+        new_cls = torch.where(shortcut[:, None], short_rows, full)
+        d[bk, ak, :, jk, ik] = torch.cat([new_box, new_obj[:, None], new_cls], dim=1)
         _mark_where(L, bk, ak, jk, ik, shortcut, _roles.ROLE_CLASS_SHORTCUT)
 
 

@@ -1,7 +1,13 @@
 """Shared test plumbing: print the measured agreement maxima after the run."""
 from __future__ import annotations
 
+import torch
+
 from measured import MAXIMA
+
+# The suite's cases are small: a thread pool costs more than it saves on them (3x on 2 cores), and
+# results do not depend on the thread count (test_properties.test_results_do_not_depend_on_threads).
+torch.set_num_threads(1)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
