@@ -236,6 +236,7 @@ static void cell_pass_pjreddie(ref_layer *L, int b, int a, int j, int i, const u
     }
     if (best_iou > c->truth_thresh) {
         ref_truth tr = ref_read_truth(L, b, s.best_t);
+        tr.class_id = mapped_class(c, tr.class_id);   /* pjreddie applies map= here too */
         ref_mark(L, b, a, j, i, YREF_ROLE_TRUTH_THRESH);
         ref_count(L, YREF_BR_TRUTH_THRESH);
         L->delta[obj] = 1 - L->output[obj];
@@ -292,8 +293,7 @@ static void assign(ref_layer *L, image_sums *sums, ref_truth tr, int b, int t, i
     const yref_config *c = L->cfg;
     const long obj = ref_index(L, b, a, ENTRY_OBJ, j, i);
     const int pjreddie = c->flavor == YREF_PJREDDIE;
-    if (!pjreddie)
-        tr.class_id = mapped_class(c, tr.class_id);
+    tr.class_id = mapped_class(c, tr.class_id);   /* both flavors' truth passes apply map= */
     const float cm = pjreddie ? 1.0f : class_multiplier(c, tr.class_id);
     ref_ious ious = ref_delta_box(L, tr.box, b, a, anchor, j, i, 2 - tr.box.w * tr.box.h,
                                   pjreddie ? 1.0f : c->iou_normalizer * cm);

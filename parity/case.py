@@ -185,13 +185,8 @@ def case_bytes(case: Case, map_name: str | None = None) -> bytes:
 
 
 def _has_map(case: Case) -> bool:
-    """The case's config carries a map= (only AlexeyAB's parser reads one into a YoloConfig)."""
-    if case.config.class_map is None:
-        return False
-    if case.flavor != "alexeyab":
-        raise ParityError(f"the config has a class_map but flavor {case.flavor!r}: this project reads map= for "
-                          "AlexeyAB darknet only, so the saved case would not read back as this config")
-    return True
+    """The case's config carries a map= (both flavors' parse_yolo read one)."""
+    return case.config.class_map is not None
 
 
 def case_files(path: str | os.PathLike[str], case: Case) -> dict[Path, bytes]:

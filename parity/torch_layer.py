@@ -932,7 +932,7 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
         _to_device(torch.tensor(mult_np).to(dtype), dev) if mult_np is not None else None,
         anchors,
         _to_device(torch.tensor(config.class_map[:C], dtype=torch.long), dev)
-        if (config.class_map is not None and flavor == "alexeyab") else None,
+        if config.class_map is not None else None,
         variant=variant,
     )
     zero = torch.zeros((), dtype=dtype, device=dev)

@@ -123,13 +123,13 @@ class TestNoSilentOverwrite:
         save_case(tmp_path / "m.npz", case)          # saving again is not an overwrite of anything else
         assert load_case(tmp_path / "m.npz").config == case.config
 
-    def test_pjreddie_config_with_a_class_map_is_refused(self, tmp_path):
+    def test_a_pjreddie_map_round_trips_too(self, tmp_path):
+        # pjreddie's parse_yolo reads map= (read_map) and its forward pass applies it, as AlexeyAB's does.
         config = random_config(np.random.default_rng([5, 1]), "pjreddie")
         case = random_case(3, config, flavor="pjreddie")
-        case.config = config.replace(class_map=tuple(range(config.classes)))
-        with pytest.raises(ParityError, match="class_map but flavor 'pjreddie'"):
-            save_case(tmp_path / "p.npz", case)
-        assert not (tmp_path / "p.npz").exists()
+        case.config = config.replace(class_map=tuple(reversed(range(config.classes))))
+        save_case(tmp_path / "p.npz", case)
+        assert load_case(tmp_path / "p.npz").config.class_map == case.config.class_map
 
 
 class TestWithMapOption:

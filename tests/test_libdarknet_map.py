@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from parity.backends.darknet_library import (CFLAGS, DEFAULT_INCLUDE, DEFAULT_LIB, NEEDS_ALEXEYAB, NEEDS_COMMON,
                                              missing_identifiers)
@@ -23,6 +24,7 @@ from parity.backends.libdarknet import run_libdarknet
 from parity.config import YoloConfig
 from parity.generate import random_case
 from parity.reference import run_reference
+from parity.torch import yolo_forward
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIM = ROOT / "darknet_ref" / "shim"
@@ -60,6 +62,11 @@ def test_pjreddie_library_applies_the_map_as_darknet_does():
     # and the C reference on the relabelled truths agrees bit for bit
     ref = run_reference(config, x, remapped, flavor="pjreddie")
     np.testing.assert_array_equal(ref.delta, mapped.delta)
+    # and the C reference and the port apply the pjreddie map themselves, as the library does
+    ours = run_reference(config.replace(class_map=cmap), x, truth, flavor="pjreddie")
+    np.testing.assert_array_equal(ours.delta, mapped.delta)
+    port = yolo_forward(torch.from_numpy(x), torch.from_numpy(truth), config.replace(class_map=cmap), "pjreddie")
+    np.testing.assert_allclose(port.delta.numpy(), mapped.delta, rtol=1e-4, atol=1e-5)
     # the layer is freed with its map each call: many calls in one process stay sound
     for _ in range(20):
         again = run_libdarknet(config.replace(class_map=cmap), x, truth, "pjreddie", **lib)

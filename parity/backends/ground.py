@@ -44,7 +44,7 @@ def fill_layer_struct(ffi: Any, c: Any, config: YoloConfig, flavor: str, shape: 
     c.focal_loss, c.show_details = config.focal_loss, config.show_details
     c.label_smooth_eps, c.max_delta = config.label_smooth_eps, config.max_delta
     class_map = (np.ascontiguousarray(config.class_map[: config.classes], dtype=np.int32)
-                 if config.class_map is not None and flavor == "alexeyab" else None)
+                 if config.class_map is not None else None)
     keep.append(class_map)
     c.class_map = ffi.from_buffer("int[]", class_map) if class_map is not None else ffi.NULL
 

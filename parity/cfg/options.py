@@ -91,7 +91,7 @@ _PJ_YOLO = (
     ("classes", "int", "classes"), ("num", "int", "num"), ("mask", "ints", "mask"),
     ("max", "int", "max_boxes"), ("jitter", "float", None),
     ("ignore_thresh", "float", "ignore_thresh"), ("truth_thresh", "float", "truth_thresh"),
-    ("random", "int", None), ("anchors", "floats", "anchors"),
+    ("random", "int", None), ("anchors", "floats", "anchors"), ("map", "str", None),
     # read for every layer by pjreddie's parse_network_cfg
     ("truth", "int", None), ("onlyforward", "int", None), ("stopbackward", "int", None),
     ("dontsave", "int", None), ("dontload", "int", None), ("numload", "int", None),
@@ -120,14 +120,14 @@ def parse_yolo(section: Section, net: NetOptions, flavor: str) -> YoloConfig:
         parsed = _parse_scalar(section, opt, kind)
         if target in _STRING_CHOICES:
             parsed = _darknet_choice(section, opt, target)
-        if name == "map" and flavor == "alexeyab":
+        if name == "map":
             continue                    # class_map, read below (its file name means nothing elsewhere)
         if target is None:
             extra[name] = opt.value
         else:
             values[target] = parsed
     values.update(_yolo_lists(section, flavor, values.get("num", 1)))
-    map_opt = section.find("map") if flavor == "alexeyab" else None
+    map_opt = section.find("map")
     if map_opt is not None:
         values["class_map"] = read_class_map(section, map_opt, values.get("classes", 20))
     for opt in section.options:
