@@ -57,7 +57,9 @@ class Worker:
         script = cases.parent / "worker.py"
         if not script.exists():
             shutil.copy(Path(__file__).with_name("worker.py"), script)
-        env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
+        # The tree first (its parity package), then whatever the caller's path held (dependencies).
+        rest = os.environ.get("PYTHONPATH", "")
+        env = {**os.environ, "PYTHONPATH": str(tree) + (os.pathsep + rest if rest else ""), "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen([sys.executable, str(script), str(cases)], cwd=str(tree), env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self._read()
