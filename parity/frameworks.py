@@ -101,16 +101,12 @@ def _run_jax(fn: Callable[..., Any], x: np.ndarray, truth: np.ndarray, config: A
         out = fn(xj, tj, config)
     except Exception as exc:
         raise _raised(name, exc, "when called") from None
-    value = np.asarray(out)
-    if convention == "loss" or (convention is None and _scalar(value.shape)):
-        if not _scalar(value.shape):
-            raise ParityError(f"candidate {name!r}: convention 'loss' expects a scalar, got shape {value.shape}")
+    def grad() -> Any:
         try:
-            grad = jax.grad(lambda v: fn(v, tj, config).reshape(()))(xj)
+            return jax.grad(lambda v: fn(v, tj, config).reshape(()))(xj)
         except Exception as exc:
             raise _raised(name, exc, "in jax.grad") from None
-        return ForeignResult(value.reshape(()), np.asarray(grad, np.float32))
-    return ForeignResult(value, None)
+    return _result(np.asarray(out), convention, name, grad)
 
 
 def _run_tf(fn: Callable[..., Any], x: np.ndarray, truth: np.ndarray, config: Any, convention: str | None,
@@ -123,13 +119,19 @@ def _run_tf(fn: Callable[..., Any], x: np.ndarray, truth: np.ndarray, config: An
             out = fn(xt, tt, config)
     except Exception as exc:
         raise _raised(name, exc, "when called") from None
-    value = np.asarray(out)
+    def grad() -> Any:
+        g = tape.gradient(out, xt)
+        if g is None:
+            raise ParityError(f"candidate {name!r} returned a loss that does not depend on the input "
+                              "(GradientTape found no gradient)")
+        return g
+    return _result(np.asarray(out), convention, name, grad)
+
+
+def _result(value: np.ndarray, convention: str | None, name: str, grad: Callable[[], Any]) -> ForeignResult:
+    """A scalar (or a declared loss) with its gradient; anything else as returned."""
     if convention == "loss" or (convention is None and _scalar(value.shape)):
         if not _scalar(value.shape):
             raise ParityError(f"candidate {name!r}: convention 'loss' expects a scalar, got shape {value.shape}")
-        grad = tape.gradient(out, xt)
-        if grad is None:
-            raise ParityError(f"candidate {name!r} returned a loss that does not depend on the input "
-                              "(GradientTape found no gradient)")
-        return ForeignResult(value.reshape(()), np.asarray(grad, np.float32))
+        return ForeignResult(value.reshape(()), np.asarray(grad(), np.float32))
     return ForeignResult(value, None)

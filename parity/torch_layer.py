@@ -825,7 +825,9 @@ def _magnitude(L: _Layer, skip_box_rows: bool = False) -> Tensor:
     v = L.delta
     if _host_paths(v):
         values = _nonzero_candidates(L, skip_box_rows)
-        total = torch.tensor(_sequential_sum(values * values), dtype=torch.float64)
+        with np.errstate(over="ignore"):          # a square past float32's range is inf, as in darknet
+            squares = values * values
+        total = torch.tensor(_sequential_sum(squares), dtype=torch.float64)
     else:
         sq = v.double() * v.double()
         total = (sq[:, :, 4:] if skip_box_rows else sq).sum()

@@ -396,127 +396,48 @@ def run_one(index: int, seed: int) -> dict[str, Any]:
     return record
 
 
-def _worker_main(conn: Any, seed: int) -> None:
-    """A worker process: receives chunks of case indices, sends one record per case as it finishes."""
-    _worker_init()
-    while True:
-        indices = conn.recv()
-        if indices is None:
-            return
-        for k in indices:
-            conn.send(run_one(k, seed))
-
-
-def _worker_init() -> None:
+def _fuzz_chunk(indices: list[int], seed: int, *, emit: Any) -> None:
+    """A worker's share (parity.pool): one record per case index, emitted as each finishes."""
     import torch
 
     torch.set_num_threads(1)
     _quiet_inputs()
+    for k in indices:
+        emit(str(k), run_one(k, seed))
 
 
 # --------------------------------------------------------------------------
 # Campaign
 
 
-class _Worker:
-    """One spawned worker, the cases it still owes and when it last reported."""
-
-    def __init__(self, ctx: Any, seed: int) -> None:
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, seed), daemon=True)
-        self.proc.start()
-        child.close()
-        self.pending: list[int] = []
-        self.since = time.perf_counter()
-
-    def give(self, indices: list[int]) -> None:
-        self.pending = list(indices)
-        self.since = time.perf_counter()
-        self.conn.send(self.pending)
-
-    def drain(self) -> list[dict[str, Any]]:
-        """Records already sent (also after the process died)."""
-        out = []
-        try:
-            while self.pending and self.conn.poll():
-                rec = self.conn.recv()
-                out.append(rec)
-                self.pending.remove(rec["index"])
-                self.since = time.perf_counter()
-        except (EOFError, OSError):
-            pass
-        return out
-
-    def stop(self) -> None:
-        try:
-            self.conn.send(None)
-        except (BrokenPipeError, OSError):
-            pass
-        self.proc.join(timeout=10)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join()
-
-
 def campaign(cases: int | list[int], seed: int, jobs: int, progress: bool = True,
              case_timeout: float = 300.0) -> list[dict[str, Any]]:
     """Run cases ``0..cases-1`` (or the listed indices) of campaign ``seed`` in ``jobs`` worker processes.
 
-    A worker that dies names the case it was running (the first it had not
-    reported): that case is recorded as a crash, the rest of its chunk goes
-    back to the queue and a fresh worker takes over. A case running longer
-    than ``case_timeout`` seconds is recorded the same way (its worker killed).
+    The suite's own worker pool (``parity.pool.run_isolated``) runs them: a
+    worker that dies names the case it was running, which is recorded as a
+    crash, and the rest of its chunk goes to a fresh worker. A case running
+    longer than ``case_timeout`` seconds is recorded the same way.
     """
-    import multiprocessing as mp
-    from collections import deque
-    from multiprocessing.connection import wait
+    from parity.pool import run_isolated
 
-    ctx = mp.get_context("spawn")   # torch is not fork-safe
     indices = list(range(cases)) if isinstance(cases, int) else list(cases)
-    queue = deque(indices[s: s + CHUNK] for s in range(0, len(indices), CHUNK))
-    cases = len(indices)
-    workers = [_Worker(ctx, seed) for _ in range(max(1, min(jobs, len(queue))))]
+    chunks = [indices[s: s + CHUNK] for s in range(0, len(indices), CHUNK)]
     results: list[dict[str, Any]] = []
     start = time.perf_counter()
-    next_report = 1000
+    next_report = [1000]
 
-    def feed(w: _Worker) -> None:
-        if queue and not w.pending:
-            w.give(queue.popleft())
-
-    for w in workers:
-        feed(w)
-    while any(w.pending for w in workers):
-        busy = [w for w in workers if w.pending]
-        wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout=1.0)
-        for k, w in enumerate(workers):
-            if not w.pending:
-                continue
-            results += w.drain()
-            dead = not w.proc.is_alive()
-            hung = bool(w.pending) and time.perf_counter() - w.since > case_timeout
-            if dead:
-                results += w.drain()    # what it sent before dying
-            if w.pending and (dead or hung):
-                if w.proc.is_alive():
-                    w.proc.kill()
-                w.proc.join()
-                index, rest = w.pending[0], w.pending[1:]
-                what = (f"the worker process died (exit code {w.proc.exitcode})" if dead else
-                        f"no result after {case_timeout:.0f} s (worker killed)")
-                results.append({"index": index, "status": "crash", "error": what})
-                if rest:
-                    queue.appendleft(rest)
-                w.pending = []
-                w.conn.close()
-                workers[k] = w = _Worker(ctx, seed)
-            feed(w)
-        if progress and len(results) >= next_report:
+    def on_result(key: str, record: dict[str, Any]) -> None:
+        results.append(record)
+        if progress and len(results) >= next_report[0]:
             rate = len(results) / max(time.perf_counter() - start, 1e-9)
-            print(f"  {len(results)}/{cases} cases, {rate:.0f} cases/s", file=sys.stderr, flush=True)
-            next_report += 1000
-    for w in workers:
-        w.stop()
+            print(f"  {len(results)}/{len(indices)} cases, {rate:.0f} cases/s", file=sys.stderr, flush=True)
+            next_report[0] += 1000
+
+    def on_lost(key: str, why: str) -> None:
+        results.append({"index": int(key), "status": "crash", "error": why})
+
+    run_isolated(chunks, str, _fuzz_chunk, (seed,), jobs, case_timeout, on_result, on_lost)
     return sorted(results, key=lambda r: r["index"])
 
 
