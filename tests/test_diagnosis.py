@@ -6,14 +6,13 @@ breaks exactly one thing the way ports do; the diagnosis must name it.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from parity.candidates import Candidate
 from parity.config import YoloConfig
 from parity.generate import random_case
 from parity.reference import run_reference
-from parity.roles import (ROLE_AVERAGED, ROLE_BEST_ANCHOR, ROLE_CLASSMATCH_BLOCKED, ROLE_EXTRA_ANCHOR, ROLE_IGNORED,
+from parity.roles import (ROLE_BEST_ANCHOR, ROLE_CLASSMATCH_BLOCKED, ROLE_EXTRA_ANCHOR, ROLE_IGNORED,
                           ROLE_TRUTH_THRESH)
 from parity.suite import RunOptions, compare_case
 from parity.torch import yolo_forward

@@ -18,7 +18,7 @@ from parity.errors import ParityError
 from parity.generate import random_case, random_config
 from parity.reference import run_reference
 from parity.result import LayerRun
-from parity.tolerance import OFAST_TERMS, ToleranceRule, build_of, load_tolerances
+from parity.tolerance import OFAST_TERMS, build_of, load_tolerances
 
 RULE = load_tolerances()          # the shipped file: its ofast section is what the docs state
 INSIDE, BEYOND = 0.9, 1.1          # fractions of the -Ofast bound a perturbation takes
