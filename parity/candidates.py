@@ -324,7 +324,9 @@ def _describe(exc: BaseException, skip: int = 0) -> str:
     return f"{type(exc).__name__}: {message}" + (f" (at {where})" if where else "")
 
 
-def _raised(candidate: Candidate, exc: BaseException, during: str, head: Tensor | None = None) -> ParityError:
+def candidate_error(candidate: Candidate, exc: BaseException, during: str,
+                    head: Tensor | None = None) -> ParityError:
+    """What the candidate raised, in one line: the exception, the candidate's own frame, a hint."""
     hint = ""
     if head is not None and (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"):
         hint = (f"; out of memory on a head of shape {tuple(head.shape)} "
@@ -360,17 +362,17 @@ def run_candidate(candidate: Candidate, case: Case) -> CandidateOutput:
     config = case.config
     if candidate.framework not in (None, "torch"):
         return _run_foreign(candidate, case)
-    head = _fresh_input(candidate, case)
-    truth = _fresh_truth(case, candidate.device)
+    head = fresh_input(candidate, case)
+    truth = fresh_truth(case, candidate.device)
     if candidate.convention in (None, "loss"):
         head.requires_grad_()
     try:
-        with _no_process_exit(candidate):
+        with no_process_exit(candidate):
             result = candidate.fn(head, truth, config)
     except (Interrupted, CaseTimeout):
         raise
     except BaseException as exc:   # SystemExit, KeyboardInterrupt, GeneratorExit too: never a pass
-        raise _raised(candidate, exc, "when called", head) from None
+        raise candidate_error(candidate, exc, "when called", head) from None
     detected = candidate.convention is None
     convention = candidate.convention
     if detected and _returns_scalar(candidate, result, head, config):
@@ -378,8 +380,8 @@ def run_candidate(candidate: Candidate, case: Case) -> CandidateOutput:
     if convention == "loss":
         delta = _loss_delta(candidate, result, head, config)
     else:
-        full = _full_tensor(candidate, result, head, config)
-        convention = convention or _detect_sign(candidate, full, case)
+        full = full_tensor(candidate, result, head, config)
+        convention = convention or detect_sign(candidate, full, case)
         delta = full if convention == "delta" else -full
     out = np.array(delta.numpy(), dtype=np.float32, copy=True)
     return CandidateOutput(out, convention, detected, int(np.count_nonzero(~np.isfinite(out))))
@@ -393,7 +395,7 @@ class ProcessExit(BaseException):
 
 
 @contextmanager
-def _no_process_exit(candidate: Candidate) -> Iterator[None]:
+def no_process_exit(candidate: Candidate) -> Iterator[None]:
     """``os._exit`` raises while the candidate runs in this process (a child it forks still exits).
 
     Otherwise a candidate calling ``os._exit(0)`` would end the run with exit
@@ -416,11 +418,12 @@ def _no_process_exit(candidate: Candidate) -> Iterator[None]:
 def _run_foreign(candidate: Candidate, case: Case) -> CandidateOutput:
     """A JAX or TF candidate: its arrays in, its gradient for a loss, darknet's delta out."""
     config = case.config
-    head = _fresh_input(Candidate(candidate.name, candidate.fn, candidate.convention, candidate.layout, "cpu",
+    head = fresh_input(Candidate(candidate.name, candidate.fn, candidate.convention, candidate.layout, "cpu",
                                   candidate.framework), case)
     x = head.numpy()
-    truth = _fresh_truth(case, "cpu").numpy()
-    got = run_foreign(candidate.framework, candidate.fn, x, truth, config, candidate.convention, candidate.name)
+    truth = fresh_truth(case, "cpu").numpy()
+    got = run_foreign(candidate.framework, candidate.fn, x, truth, config, candidate.convention, candidate.name,
+                      lambda exc, during: candidate_error(candidate, exc, during))
     detected = candidate.convention is None
     if got.grad is not None:
         convention = "loss"
@@ -435,13 +438,13 @@ def _run_foreign(candidate: Candidate, case: Case) -> CandidateOutput:
             raise ParityError(f"candidate {candidate.name!r} returned dtype {value.dtype}; a delta, gradient or "
                               "loss must be floating point")
         full = to_nchw(torch.from_numpy(np.array(value, np.float32)), config, candidate.layout).contiguous()
-        convention = candidate.convention or _detect_sign(candidate, full, case)
+        convention = candidate.convention or detect_sign(candidate, full, case)
         delta = full if convention == "delta" else -full
     out = np.array(delta.numpy(), dtype=np.float32, copy=True)
     return CandidateOutput(out, convention, detected, int(np.count_nonzero(~np.isfinite(out))))
 
 
-def _fresh_input(candidate: Candidate, case: Case) -> Tensor:
+def fresh_input(candidate: Candidate, case: Case) -> Tensor:
     """A float32 copy of the case input in the candidate's layout and device (a leaf)."""
     config = case.config
     x = np.asarray(case.input)
@@ -452,7 +455,7 @@ def _fresh_input(candidate: Candidate, case: Case) -> Tensor:
     return _to_device(t.contiguous(), candidate.device)
 
 
-def _fresh_truth(case: Case, device: str) -> Tensor:
+def fresh_truth(case: Case, device: str) -> Tensor:
     """The case truth as float32 ``[b, rows, 6]`` (a zero track column added to 5-column truths)."""
     truth = np.array(case.truth, dtype=np.float32, copy=True)
     if truth.ndim == 3 and truth.shape[2] == 5:
@@ -504,7 +507,7 @@ def _returns_scalar(candidate: Candidate, result: Any, head: Tensor, config: Yol
     return _is_scalar(result)
 
 
-def _full_tensor(candidate: Candidate, result: Any, head: Tensor, config: YoloConfig) -> Tensor:
+def full_tensor(candidate: Candidate, result: Any, head: Tensor, config: YoloConfig) -> Tensor:
     """A delta or gradient, checked, as a detached CPU float32 NCHW tensor."""
     if not isinstance(result, Tensor):
         raise _not_a_tensor(candidate, result, head, config)
@@ -543,7 +546,7 @@ def _loss_delta(candidate: Candidate, result: Any, head: Tensor, config: YoloCon
         try:
             (grad,) = torch.autograd.grad(result.reshape(()), head, allow_unused=True)
         except Exception as exc:
-            raise _raised(candidate, exc, "in backward") from None
+            raise candidate_error(candidate, exc, "in backward") from None
     if grad is None:
         raise ParityError(f"candidate {candidate.name!r} returned a loss that does not depend on the input "
                           "(no gradient flows to it): compute it from the input tensor without detach(), "
@@ -555,13 +558,13 @@ def _plain_negative_objectness(case: Case) -> tuple[Tensor, Tensor]:
     """darknet's objectness delta ``[b, n, h, w]`` and the mask of its plain negatives (delta ``-p``)."""
     config = case.config
     x = torch.from_numpy(np.array(case.input, dtype=np.float32, copy=True))
-    run = yolo_forward(x, _fresh_truth(case, "cpu"), config, case.flavor)
+    run = yolo_forward(x, fresh_truth(case, "cpu"), config, case.flavor)
     b, _, h, w = run.delta.shape
     obj = run.delta.view(b, config.n, 5 + config.classes, h, w)[:, :, 4]
     return obj, (run.roles.cpu() & _NOT_PLAIN_NEGATIVE) == 0
 
 
-def _detect_sign(candidate: Candidate, full: Tensor, case: Case) -> str:
+def detect_sign(candidate: Candidate, full: Tensor, case: Case) -> str:
     """``"delta"`` or ``"grad"``: does the candidate's sign on plain negatives agree with darknet's?"""
     ref_obj, plain = _plain_negative_objectness(case)
     config = case.config

@@ -112,30 +112,17 @@ def _sweep(ref: CaseRef, profiles_extra: Sequence[str]) -> Iterator[Case]:
 
 def build_cases(refs: Sequence[CaseRef], profiles_extra: Sequence[str] = ()) -> Iterator[tuple[CaseRef, Case]]:
     """The cases ``refs`` name; each sweep is generated once, in one pass."""
-    pending: dict[tuple[str, str, int, int], dict[int, CaseRef]] = {}
-    for ref in refs:
-        if ref.kind == "file":
-            yield ref, load_case(ref.source)
-        else:
-            pending.setdefault((ref.kind, ref.source, ref.seed, ref.count), {})[ref.index] = ref
-    for wanted in pending.values():
-        first = next(iter(wanted.values()))
-        last = max(wanted)
-        for k, case in enumerate(_sweep(first, profiles_extra)):
-            if k in wanted:
-                yield wanted[k], case
-            if k >= last:
-                break
-        else:
-            raise ParityError(f"{first.source}: the sweep has fewer than {last + 1} cases")
+    for ref, case, _ in build_samples(refs, profiles_extra):
+        yield ref, case
 
 
 def build_samples(refs: Sequence[CaseRef], profiles_extra: Sequence[str] = ()
                   ) -> Iterator[tuple[CaseRef, Case, list[Case]]]:
-    """Like ``build_cases``, with every case's whole sample: all heads of its sample, in head order.
+    """The cases ``refs`` name, each with its whole sample: all heads of its sample, in head order.
 
-    A whole-network candidate needs every head of a sample even when a shard
-    selects only some of them; each sample's list is one shared object.
+    Each sweep is generated once, in one pass, holding one sample at a time. A
+    whole-network candidate needs every head of a sample even when a shard
+    selects only some of them; the heads of a sample share one list object.
     """
     pending: dict[tuple[str, str, int, int], dict[int, CaseRef]] = {}
     for ref in refs:
@@ -147,26 +134,30 @@ def build_samples(refs: Sequence[CaseRef], profiles_extra: Sequence[str] = ()
     for wanted in pending.values():
         first = next(iter(wanted.values()))
         last = max(wanted)
-        samples: dict[object, list[Case]] = {}
-        cases: list[Case] = []
+        sample: list[Case] = []
+        picks: list[tuple[CaseRef, Case]] = []
+        key: object = None
+        seen = 0
         for k, case in enumerate(_sweep(first, profiles_extra)):
-            cases.append(case)
-            samples.setdefault(case.meta.get("sample", k), []).append(case)
-            if k >= last and _sample_done(case, k, first):
+            seen = k + 1
+            if sample and case.meta.get("sample", k) != key:      # the previous sample is whole
+                yield from ((r, c, sample) for r, c in picks)
+                sample, picks = [], []
+            key = case.meta.get("sample", k)
+            sample.append(case)
+            if k in wanted:
+                picks.append((wanted[k], case))
+            if k >= last and _last_head(case):
                 break
-        if len(cases) <= last:
+        if seen <= last:
             raise ParityError(f"{first.source}: the sweep has fewer than {last + 1} cases")
-        for k, ref in sorted(wanted.items()):
-            case = cases[k]
-            yield ref, case, samples[case.meta.get("sample", k)]
+        yield from ((r, c, sample) for r, c in picks)
 
 
-def _sample_done(case: Case, k: int, ref: CaseRef) -> bool:
+def _last_head(case: Case) -> bool:
     """Whether ``case`` is the last head of its sample (the next case starts another sample)."""
     heads = case.meta.get("heads")
-    if heads is not None:
-        return int(case.meta.get("head", 0)) + 1 >= int(heads)
-    return True
+    return heads is None or int(case.meta.get("head", 0)) + 1 >= int(heads)
 
 
 def build_case(ref: CaseRef, profiles_extra: Sequence[str] = ()) -> Case:

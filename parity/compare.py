@@ -52,7 +52,7 @@ def compare(reference: LayerRun, candidate: LayerRun, rule: ToleranceRule = Tole
     name = name or case.name
     ref = reference.numpy()
     cand = candidate.numpy()
-    judge = (decisions or reference).numpy() if decisions is not None else ref
+    judge = decisions.numpy() if decisions is not None else ref
     if facts is None:
         facts = slot_facts(case, judge, rule.default.atol, rule.default.rtol)
     result = _compare_delta(name, case.flavor, ref.delta, cand.delta, facts, rule, per_class, top_k, judge.branches)
@@ -115,7 +115,7 @@ def _compare_stats(result: CaseDiff, ref: LayerStats, cand: LayerStats, tol: Tol
             result.stats_mismatches[key] = [int(c), int(r)]
     for key in LayerStats.CLOSE:
         r, c = getattr(ref, key), getattr(cand, key)
-        if r is None or c is None or (np.isnan(r) and key not in ("cost",)):
+        if r is None or c is None:
             continue
         if not bool(tol.within(np.float64(c), np.float64(r))) and not excused:
             result.stats_mismatches[key] = [float(c), float(r)]

@@ -84,7 +84,7 @@ def slot_facts(case: Case, reference: LayerRun, atol: float = 1e-5, rtol: float 
     zeros = np.zeros(d.best_iou.shape, np.float32)
     facts = SlotFacts(
         config, case.flavor, run.roles,
-        np.asarray(d.pred_box) if getattr(d, "pred_box", None) is not None else None,
+        np.asarray(d.pred_box) if d.pred_box is not None else None,
         d.best_iou, d.second_iou if d.second_iou is not None else zeros, np.asarray(d.best_truth, np.int64),
         d.max_class_prob if d.max_class_prob is not None else zeros, np.asarray(case.truth), valid,
         d.assignments, np.asarray(d.divisor if d.divisor is not None else zeros, np.int64),

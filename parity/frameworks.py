@@ -66,22 +66,25 @@ class ForeignResult:
     grad: np.ndarray | None    # d loss / d input, for a scalar loss
 
 
+# Turns what a candidate raised into the ParityError the harness reports (parity.candidates.candidate_error).
+RaisedFn = Callable[[BaseException, str], ParityError]
+
+
 def run_foreign(framework: str, fn: Callable[..., Any], x: np.ndarray, truth: np.ndarray, config: Any,
-                convention: str | None, name: str) -> ForeignResult:
-    """Call ``fn`` on ``framework`` arrays; for a scalar result (or convention "loss") also its gradient."""
+                convention: str | None, name: str, raised: RaisedFn) -> ForeignResult:
+    """Call ``fn`` on ``framework`` arrays; for a scalar result (or convention "loss") also its gradient.
+
+    ``raised(exc, during)`` words an exception of the candidate's.
+    """
     if framework == "jax":
-        return _run_jax(fn, x, truth, config, convention, name)
+        return _run_jax(fn, x, truth, config, convention, name, raised)
     if framework == "tf":
-        return _run_tf(fn, x, truth, config, convention, name)
+        return _run_tf(fn, x, truth, config, convention, name, raised)
     raise ParityError(f"unknown framework {framework!r}: expected one of {', '.join(FRAMEWORKS)}")
 
 
 def _scalar(shape: tuple[int, ...]) -> bool:
     return len(shape) == 0 or int(np.prod(shape)) == 1
-
-
-def _raised(name: str, exc: BaseException, when: str) -> ParityError:
-    return ParityError(f"candidate {name!r} raised {when}: {type(exc).__name__}: {exc}")
 
 
 def _jax_array(jax: Any, a: np.ndarray) -> Any:
@@ -92,7 +95,7 @@ def _jax_array(jax: Any, a: np.ndarray) -> Any:
 
 
 def _run_jax(fn: Callable[..., Any], x: np.ndarray, truth: np.ndarray, config: Any, convention: str | None,
-             name: str) -> ForeignResult:
+             name: str, raised: RaisedFn) -> ForeignResult:
     jax = _import("jax")
     import jax.dlpack  # noqa: F401 - the submodule is not imported by `import jax` everywhere
 
@@ -100,17 +103,17 @@ def _run_jax(fn: Callable[..., Any], x: np.ndarray, truth: np.ndarray, config: A
     try:
         out = fn(xj, tj, config)
     except Exception as exc:
-        raise _raised(name, exc, "when called") from None
+        raise raised(exc, "when called") from None
     def grad() -> Any:
         try:
             return jax.grad(lambda v: fn(v, tj, config).reshape(()))(xj)
         except Exception as exc:
-            raise _raised(name, exc, "in jax.grad") from None
+            raise raised(exc, "in jax.grad") from None
     return _result(np.asarray(out), convention, name, grad)
 
 
 def _run_tf(fn: Callable[..., Any], x: np.ndarray, truth: np.ndarray, config: Any, convention: str | None,
-            name: str) -> ForeignResult:
+            name: str, raised: RaisedFn) -> ForeignResult:
     tf = _import("tf")
     xt, tt = tf.convert_to_tensor(x), tf.convert_to_tensor(truth)
     try:
@@ -118,7 +121,7 @@ def _run_tf(fn: Callable[..., Any], x: np.ndarray, truth: np.ndarray, config: An
             tape.watch(xt)
             out = fn(xt, tt, config)
     except Exception as exc:
-        raise _raised(name, exc, "when called") from None
+        raise raised(exc, "when called") from None
     def grad() -> Any:
         g = tape.gradient(out, xt)
         if g is None:

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .candidates import (Candidate, CandidateOutput, _detect_sign, _fresh_input, _fresh_truth, _full_tensor,
-                         _no_process_exit, _raised, to_nchw)
+from .candidates import (Candidate, CandidateOutput, detect_sign, fresh_input, fresh_truth, full_tensor,
+                         no_process_exit, candidate_error, to_nchw)
 from .case import Case
 from .errors import CaseTimeout, Interrupted, ParityError
 
@@ -58,18 +58,18 @@ def run_network(candidate: Candidate, cases: list[Case]) -> list[CandidateOutput
     for case in cases[1:]:
         if case.truth.shape != truth.shape or not np.array_equal(case.truth, truth, equal_nan=True):
             raise ParityError(f"{case.name}: the heads of one sample must share their truth")
-    heads = [_fresh_input(candidate, case) for case in cases]
+    heads = [fresh_input(candidate, case) for case in cases]
     configs = [case.config for case in cases]
     if candidate.convention in (None, "loss"):
         for h in heads:
             h.requires_grad_()
     try:
-        with _no_process_exit(candidate):
-            result = candidate.fn(heads, _fresh_truth(cases[0], candidate.device), configs)
+        with no_process_exit(candidate):
+            result = candidate.fn(heads, fresh_truth(cases[0], candidate.device), configs)
     except (Interrupted, CaseTimeout):
         raise
     except BaseException as exc:   # never a pass: SystemExit, KeyboardInterrupt, ... included
-        raise _raised(candidate, exc, "when called", heads[0]) from None
+        raise candidate_error(candidate, exc, "when called", heads[0]) from None
     if isinstance(result, torch.Tensor) and (result.dim() == 0 or result.numel() == 1):
         if candidate.convention not in (None, "loss"):
             raise ParityError(f"candidate {candidate.name!r} returned a scalar but declares convention "
@@ -83,8 +83,8 @@ def run_network(candidate: Candidate, cases: list[Case]) -> list[CandidateOutput
                           f"expected a scalar loss or a list of {len(cases)} per-head deltas/gradients")
     out = []
     for head, case, part in zip(heads, cases, result):
-        full = _full_tensor(candidate, part, head, case.config)
-        convention = candidate.convention or _detect_sign(candidate, full, case)
+        full = full_tensor(candidate, part, head, case.config)
+        convention = candidate.convention or detect_sign(candidate, full, case)
         delta = full if convention == "delta" else -full
         out.append(_output(delta, convention, candidate.convention is None))
     return out
@@ -97,7 +97,7 @@ def _loss_outputs(candidate: Candidate, loss: torch.Tensor, heads: list[torch.Te
     try:
         grads = torch.autograd.grad(loss.reshape(()), heads, allow_unused=True)
     except Exception as exc:
-        raise _raised(candidate, exc, "in backward", heads[0]) from None
+        raise candidate_error(candidate, exc, "in backward", heads[0]) from None
     out = []
     for grad, head, case in zip(grads, heads, cases):
         g = torch.zeros_like(head) if grad is None else grad      # a head the loss ignores: gradient 0

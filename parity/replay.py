@@ -17,11 +17,10 @@ from .case import Case, load_case
 from .compare import compare
 from .diff import Agreement
 from .errors import ParityError
-from .recorded import locate
+from .recorded import REPO_ROOT, locate
 from .reference import run_reference
 from .tolerance import ToleranceRule, build_of
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES_DIR = REPO_ROOT / "fixtures"
 
 

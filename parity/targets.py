@@ -139,8 +139,6 @@ def truth_from_rows(rows: Tensor, batch_size: int, config: YoloConfig, *, layout
     _check_whole_images(rows[:, 0])
     if layout == "icxywh":
         cls, box = rows[:, 1], rows[:, 2:6]
-        if not xyxy:
-            return targets_from_rows(rows, batch_size, config.max_boxes)
     else:
         cls, box = rows[:, 5], rows[:, 1:5]
     if xyxy:

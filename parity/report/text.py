@@ -44,7 +44,7 @@ def render_text(result: "SuiteResult", *, console: Console | None = None, verbos
     """
     console = console if console is not None else Console()
     if verbose:
-        _render_full(result, console, None, None)
+        _render_full(result, console)
         return
     _render_compact(result, console, min(max_cases, COMPACT_CASES), min(max_mismatches, COMPACT_MISMATCHES))
 
@@ -82,23 +82,19 @@ def _render_compact(result: "SuiteResult", console: Console, max_cases: int, max
     console.print(_verdict(result))
 
 
-def _render_full(result: "SuiteResult", console: Console, max_cases: int | None, max_mismatches: int | None) -> None:
+def _render_full(result: "SuiteResult", console: Console) -> None:
     console.print(_header(result))
     console.print(_explanation(result))
     console.print(_term_role_table(result, console.width))
     console.print(_coverage_table(result))
     failing = result.failed
-    shown = failing if max_cases is None else failing[:max_cases]
     if failing:
         console.print(_failing_cases_table(failing))
-    for case in shown:
-        console.print(_case_details(case, max_mismatches))
-    if len(shown) < len(failing):
-        console.print(_t(f"... {len(failing) - len(shown)} more failing cases not shown "
-                         "(--verbose, or the JSON/HTML report, lists them all)", style="yellow"))
+    for case in failing:
+        console.print(_case_details(case, None))
     skipped = [c for c in result.cases if _view.skip_reason(c) is not None]
     if skipped:
-        console.print(_skipped_block(skipped, max_cases))
+        console.print(_skipped_block(skipped))
     console.print(_verdict(result))
     for note in getattr(result, "notes", []):
         console.print(_t(f"note: {note}", style="bold yellow"))
@@ -308,12 +304,9 @@ def _causes_block(case: "CaseDiff") -> Padding:
     return Padding(Group(*lines), (0, 0, 0, 2))
 
 
-def _skipped_block(skipped: list["CaseDiff"], limit: int | None) -> Group:
-    shown = skipped if limit is None else skipped[:limit]
+def _skipped_block(skipped: list["CaseDiff"]) -> Group:
     lines: list = [_t(""), _t(f"Skipped cases ({len(skipped)}, not failures)", style="bold")]
-    lines += [Padding(_t(f"{c.case}: {_view.skip_reason(c)}", style="dim"), (0, 0, 0, 2)) for c in shown]
-    if len(shown) < len(skipped):
-        lines.append(Padding(_t(f"... {len(skipped) - len(shown)} more", style="dim"), (0, 0, 0, 2)))
+    lines += [Padding(_t(f"{c.case}: {_view.skip_reason(c)}", style="dim"), (0, 0, 0, 2)) for c in skipped]
     return Group(*lines)
 
 
