@@ -30,9 +30,9 @@ class Deviation:
     darknet_function: str
     fix: str
     switch: dict[str, Any] | None = None       # Variant fields set by this deviation (None: not yet executable)
-    terms: tuple[str, ...] = ()                # the terms (x, y, w, h, obj, cls) it can change
     params: dict[str, str] = field(default_factory=dict)   # fitted parameter -> how it is fitted
     snippet: str = ""
+    terms: tuple[str, ...] = ()                # the terms (x, y, w, h, obj, cls) it can change
 
     @property
     def executable(self) -> bool:

@@ -1,0 +1,638 @@
+"""The explanation search: the smallest set of catalogue deviations under which darknet reproduces a port.
+
+Given cases and the candidate's delta on each (darknet's sign), find the
+``Variant`` (darknet with a few named switches changed, parameters fitted)
+whose delta equals the candidate's under the one tolerance rule on every
+element, with as few deviations as possible, each one necessary:
+
+1. **Greedy forward selection** on a few *screening* cases (the smallest
+   failing ones, covering every failing term): each step tries every
+   catalogue deviation that can touch a failing term (each decision value
+   of its parameters, thresholds fitted as intervals from the candidate's
+   own decisions) and keeps the one that most reduces the count of elements
+   outside the rule. Every trial refits the per-term factors (reductions
+   and weights, ``parity.deviations.fit``), so deviations that mask each
+   other are judged as they combine.
+2. **Backward elimination**: a deviation whose removal (factors refitted)
+   leaves the count no worse is dropped. What remains is necessary.
+3. **Validation on the whole suite**: cases the result does not reproduce
+   join the screening set and the search goes on from there (a few rounds).
+
+Runs are cached per case and *structural* variant (the switches that change
+decisions or per-write formulas); chain-rule factors and reductions are
+applied to a cached run, so most trials cost no forward pass.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .. import roles as _roles
+from ..case import Case
+from ..errors import DarknetInputWarning
+from ..result import LayerRun
+from ..tolerance import TERMS, ToleranceRule
+from .catalogue import BY_ID, Deviation, executable
+from .fit import DARKNET_FACTOR, TermFactor, case_ratio, fit_factor, fit_ratio_limit, fit_threshold
+from .variant import CHOICES, DARKNET, Variant
+from .variant_forward import configured, rescale
+from ..torch_layer import yolo_forward
+
+__all__ = ["SearchCase", "Finding", "Explanation", "search"]
+
+# term groups that share one fitted factor, and the Variant fields that hold it
+GROUPS = (("box", slice(0, 4), "reduce_box", "weight_box"), ("obj", slice(4, 5), "reduce_obj", "weight_obj"),
+          ("cls", slice(5, None), "reduce_cls", "weight_cls"))
+FACTOR_FIELDS = ("reduce_box", "reduce_obj", "reduce_cls", "weight_box", "weight_obj", "weight_cls", "heads")
+# switches applied to a finished run (no forward pass of their own)
+CHAIN_FIELDS = ("xy_logistic_grad", "xy_scale_grad", "obj_loss")
+SCREEN_CASES = 6
+ROUNDS = 3
+_POSITIVE = _roles.ROLE_BEST_ANCHOR | _roles.ROLE_EXTRA_ANCHOR | _roles.ROLE_TRUTH_THRESH
+
+
+@dataclass(frozen=True)
+class SearchCase:
+    """One case and the candidate's delta on it (darknet's sign, the input's shape)."""
+
+    name: str
+    case: Case
+    candidate: np.ndarray
+    rule: ToleranceRule = ToleranceRule()
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One deviation of the explanation, with its fitted parameters."""
+
+    id: str
+    params: dict[str, Any]
+    accounts_for: int          # elements outside the rule on the searched cases when it is taken out
+    text: str                  # what the candidate does, parameters in words
+
+    @property
+    def deviation(self) -> Deviation:
+        return BY_ID[self.id]
+
+
+@dataclass
+class Explanation:
+    """The search's answer: the deviations, what they reproduce, and what remains."""
+
+    findings: list[Finding]
+    variant: Variant
+    cases: int
+    cases_reproduced: int
+    elements: int
+    elements_outside: int          # elements still outside the rule under ``variant``
+    outside_before: int            # elements outside the rule under darknet's own semantics
+    remains: dict[str, int] = field(default_factory=dict)    # term -> elements still outside
+    first: str | None = None        # where the first remaining difference is
+    seconds: float = 0.0
+    screened: tuple[str, ...] = ()
+
+    @property
+    def exact(self) -> bool:
+        return self.elements_outside == 0
+
+    @property
+    def ids(self) -> set[str]:
+        return {f.id for f in self.findings}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"changes": [{"id": f.id, "family": f.deviation.family, "params": _plain_params(f.params),
+                             "accounts_for": f.accounts_for, "text": f.text, "darknet_does": f.deviation.darknet_does,
+                             "darknet_function": f.deviation.darknet_function, "fix": f.deviation.fix,
+                             "snippet": f.deviation.snippet} for f in self.findings],
+                "cases": self.cases, "cases_reproduced": self.cases_reproduced, "elements": self.elements,
+                "elements_outside": self.elements_outside, "outside_before": self.outside_before,
+                "remains": dict(self.remains), "first": self.first, "seconds": round(self.seconds, 3)}
+
+
+def _plain_params(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in params.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# evaluating a variant on cases
+
+@dataclass
+class _Score:
+    variant: Variant                       # with the fitted factors
+    factors: dict[str, TermFactor]
+    per_case: dict[int, np.ndarray]        # case index -> elements outside the rule per term (6)
+
+    @property
+    def total(self) -> int:
+        return int(sum(int(c.sum()) for c in self.per_case.values()))
+
+    def terms(self) -> set[str]:
+        out: set[str] = set()
+        for counts in self.per_case.values():
+            out |= {t for t, c in zip(TERMS, counts) if c}
+        return out
+
+
+def _structural(variant: Variant) -> Variant:
+    neutral = {k: getattr(DARKNET, k) for k in FACTOR_FIELDS + CHAIN_FIELDS}
+    return dataclasses.replace(variant, **neutral)
+
+
+def _without_factors(variant: Variant) -> Variant:
+    return dataclasses.replace(variant, **{k: getattr(DARKNET, k) for k in FACTOR_FIELDS})
+
+
+class _Suite:
+    """The cases, the candidate's deltas in darknet's [B, n, 5+C, H, W] view, and cached runs."""
+
+    def __init__(self, cases: Sequence[SearchCase]) -> None:
+        self.cases = list(cases)
+        self.cand = [self._view(c, np.asarray(c.candidate, dtype=np.float32)) for c in self.cases]
+        self._runs: dict[tuple[int, Variant], LayerRun] = {}
+        self.forwards = 0
+
+    @staticmethod
+    def _view(c: SearchCase, delta: np.ndarray) -> np.ndarray:
+        B, _, H, W = c.case.input.shape
+        cfg = c.case.config
+        return delta.reshape(B, cfg.n, 5 + cfg.classes, H, W)
+
+    def run(self, i: int, variant: Variant) -> LayerRun:
+        """The structural run of case ``i`` (cached): decisions and per-write formulas, no factors."""
+        key = (i, _structural(variant))
+        got = self._runs.get(key)
+        if got is None:
+            c = self.cases[i].case
+            structural = key[1]
+            cfg = configured(c.config, structural)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DarknetInputWarning)
+                got = yolo_forward(torch.from_numpy(c.input), torch.from_numpy(c.truth), cfg, c.flavor,
+                                   variant=None if structural.is_darknet else structural)
+            self._runs[key] = got
+            self.forwards += 1
+        return got
+
+    def chained(self, i: int, variant: Variant) -> np.ndarray:
+        """Case ``i``'s delta under ``variant`` without its reductions and weights, [B, n, 5+C, H, W]."""
+        c = self.cases[i].case
+        run = self.run(i, variant)
+        chain = _without_factors(variant)
+        if any(getattr(chain, k) != getattr(DARKNET, k) for k in CHAIN_FIELDS):
+            run = rescale(run, torch.from_numpy(c.input), configured(c.config, chain), chain, c.flavor)
+        return self._view(self.cases[i], run.delta.numpy())
+
+    def quantities(self, i: int, variant: Variant) -> dict[str, int]:
+        """The counts a term may be divided by, for case ``i`` under ``variant``'s decisions."""
+        c = self.cases[i].case
+        B, _, H, W = c.input.shape
+        n = c.config.n
+        asg = self.run(i, variant).decisions.assignments
+        positives = max(1, len(asg)) if asg is not None else 1
+        out = {"sum": 1, "batch": B, "slots": B * n * H * W, "positives": positives,
+               "positives_classes": positives * c.config.classes}
+        heads = c.meta.get("heads")
+        if isinstance(heads, int) and heads > 1:
+            out["heads"] = heads
+        return out
+
+    def forget(self, keep: Iterable[Variant]) -> None:
+        """Drop cached runs except those of ``keep`` (memory stays bounded over a long search)."""
+        kept = {_structural(v) for v in keep}
+        self._runs = {k: v for k, v in self._runs.items() if k[1] in kept}
+
+
+def _outside(cand: np.ndarray, model: np.ndarray, rule: ToleranceRule) -> np.ndarray:
+    """Elements outside the rule, per term (x, y, w, h, obj, cls): a zero/nonzero difference or a value."""
+    counts = np.zeros(len(TERMS), dtype=np.int64)
+    for k, term in enumerate(TERMS):
+        rows = slice(k, k + 1) if k < 5 else slice(5, None)
+        c, m = cand[:, :, rows], model[:, :, rows]
+        tol = rule.for_term(term)
+        with np.errstate(invalid="ignore", over="ignore"):
+            c64, m64 = c.astype(np.float64), m.astype(np.float64)
+            close = (np.abs(c64 - m64) <= tol.atol + tol.rtol * np.abs(m64)) | (np.isnan(c64) & np.isnan(m64)) | (
+                np.isinf(m64) & (c64 == m64))
+        decision = (c == 0) != (m == 0)
+        counts[k] = int((decision | ~close).sum())
+    return counts
+
+
+def _apply(delta: np.ndarray, factors: dict[str, TermFactor], quantities: dict[str, int]) -> np.ndarray:
+    out = delta
+    for name, rows, _, _ in GROUPS:
+        f = factors.get(name, DARKNET_FACTOR)
+        if f.is_darknet:
+            continue
+        if out is delta:
+            out = delta.copy()
+        q = quantities.get(f.reduction, 1)
+        out[:, :, rows] = out[:, :, rows] * np.float32(f.weight / q)
+    return out
+
+
+def _evaluate(suite: _Suite, variant: Variant, idx: Sequence[int], *, fixed: dict[str, TermFactor] | None = None,
+              fit_on: Sequence[int] | None = None) -> _Score:
+    """Elements outside the rule on ``idx`` under ``variant`` with per-term factors fitted (or ``fixed``)."""
+    base = _without_factors(variant)
+    chained = {i: suite.chained(i, base) for i in idx}
+    quantities = {i: suite.quantities(i, base) for i in idx}
+    factors = dict(fixed or {})
+    for name, rows, _, _ in GROUPS:
+        if name in factors:
+            continue
+        use = [i for i in (fit_on or idx) if i in chained]
+        ratios = [case_ratio(suite.cand[i][:, :, rows], chained[i][:, :, rows]) for i in use]
+        factors[name] = fit_factor(ratios, [quantities[i] for i in use])
+    per_case = {i: _outside(suite.cand[i], _apply(chained[i], factors, quantities[i]), suite.cases[i].rule)
+                for i in idx}
+    return _Score(_with_factors(base, factors), factors, per_case)
+
+
+def _with_factors(variant: Variant, factors: dict[str, TermFactor]) -> Variant:
+    changes: dict[str, Any] = {}
+    for name, _, reduce_field, weight_field in GROUPS:
+        f = factors.get(name, DARKNET_FACTOR)
+        changes[reduce_field] = f.reduction
+        changes[weight_field] = float(f.weight)
+    heads = {f.reduction for f in factors.values()} & {"heads"}
+    if heads:
+        changes["heads"] = 3
+    return dataclasses.replace(variant, **changes)
+
+
+def _necessary_factors(suite: _Suite, variant: Variant, idx: Sequence[int], score: _Score) -> _Score:
+    """Drop a fitted factor whose removal leaves the count no worse (a factor must be necessary too)."""
+    for name, *_ in GROUPS:
+        if score.factors.get(name, DARKNET_FACTOR).is_darknet:
+            continue
+        fixed = dict(score.factors)
+        fixed[name] = DARKNET_FACTOR
+        trial = _evaluate(suite, variant, idx, fixed=fixed)
+        if trial.total <= score.total:
+            score = trial
+    return score
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the trials: catalogue deviations with their parameters
+
+@dataclass(frozen=True)
+class _Item:
+    """One chosen deviation: a catalogue id and the Variant fields it sets."""
+
+    id: str
+    switch: tuple[tuple[str, Any], ...]
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        return dict(self.switch)
+
+
+def _item(deviation_id: str, switch: dict[str, Any]) -> _Item:
+    return _Item(deviation_id, tuple(sorted(switch.items())))
+
+
+def _compose(items: Iterable[_Item]) -> Variant:
+    fields: dict[str, Any] = {}
+    for it in items:
+        fields.update(it.fields)
+    return Variant(**fields)
+
+
+Fitter = Callable[[_Suite, Variant, Sequence[int]], "float | None"]
+
+
+def _fit_ignore_thresh(suite: _Suite, variant: Variant, idx: Sequence[int]) -> float | None:
+    """The ignore threshold that reproduces which unassigned slots get a negative objectness."""
+    kept, cut = [], []
+    base = dataclasses.replace(variant, ignore_thresh=None)
+    for i in idx:
+        run = suite.run(i, base)
+        d = run.decisions
+        iou = d.best_iou if base.ignore == "no_class_match" else d.best_match_iou
+        if iou is None:
+            return None
+        iou = iou.numpy()
+        unassigned = (run.roles.numpy() & _POSITIVE) == 0
+        obj = suite.cand[i][:, :, 4]
+        finite = np.isfinite(obj)
+        kept.append(iou[unassigned & finite & (obj != 0)])
+        cut.append(iou[unassigned & finite & (obj == 0)])
+    value = fit_threshold(np.concatenate(kept), np.concatenate(cut), lower=0.0, upper=1.0)
+    cfg_thresh = suite.cases[idx[0]].case.config.ignore_thresh
+    if value is None or np.float32(value) == np.float32(cfg_thresh):
+        return None
+    return value
+
+
+def _fit_ratio_k(suite: _Suite, variant: Variant, idx: Sequence[int]) -> float | None:
+    """The ratio limit K that reproduces which truth-anchor slots the candidate writes (centre cells)."""
+    inside, outside = [], []
+    base = dataclasses.replace(variant, assign="darknet")
+    for i in idx:
+        c = suite.cases[i].case
+        cfg = c.config
+        d = suite.run(i, base).decisions
+        used = d.truth_used.numpy() if d.truth_used is not None else None
+        if used is None:
+            return None
+        B, _, H, W = c.input.shape
+        rows = c.truth[:, : used.shape[1]]             # [B, rows, 6]: x, y, w, h, class, track id
+        anchors = np.asarray(cfg.anchors, dtype=np.float64).reshape(-1, 2)[list(cfg.mask)]
+        written = (suite.cand[i][:, :, 0:4] != 0).any(axis=2)          # [B, n, H, W]
+        for b in range(B):
+            tr = rows[b][used[b][: rows.shape[1]].astype(bool)]
+            if not len(tr):
+                continue
+            ci = np.clip((tr[:, 0] * W).astype(np.int64), 0, W - 1)
+            cj = np.clip((tr[:, 1] * H).astype(np.int64), 0, H - 1)
+            rw = tr[:, 2:3].astype(np.float64) * cfg.net_w / anchors[None, :, 0]
+            rh = tr[:, 3:4].astype(np.float64) * cfg.net_h / anchors[None, :, 1]
+            with np.errstate(divide="ignore"):
+                worst = np.maximum(np.maximum(rw, 1 / rw), np.maximum(rh, 1 / rh))   # [T, n]
+            cell = cj * W + ci
+            shared = np.array([(cell == cell[t]).sum() > 1 for t in range(len(tr))])
+            for a in range(cfg.n):
+                w = written[b, a, cj, ci]
+                inside.append(worst[w & ~shared, a])
+                outside.append(worst[~w, a])
+    return fit_ratio_limit(np.concatenate(inside), np.concatenate(outside))
+
+
+FITTERS: dict[str, Fitter] = {"ignore_thresh": _fit_ignore_thresh, "ratio_k": _fit_ratio_k}
+
+
+def _relevant(dev: Deviation, switch: dict[str, Any], configs: Sequence[Any]) -> bool:
+    """False where the switch cannot change anything for these configs (saves a trial's forward passes)."""
+    def any_cfg(test: Callable[[Any], bool]) -> bool:
+        return any(test(c) for c in configs)
+    kind = switch.get("box_kind")
+    if dev.id == "box_kind_other":
+        return any_cfg(lambda c: c.iou_loss != kind)
+    if dev.id == "scale_2wh_missing":
+        return any_cfg(lambda c: c.iou_loss == "mse")
+    if dev.id in ("scale_2wh_on_iou", "max_delta_ignored"):
+        return any_cfg(lambda c: c.iou_loss != "mse")
+    if dev.id == "iou_normalizer_ignored":
+        return any_cfg(lambda c: c.iou_normalizer != 1)
+    if dev.id == "obj_normalizer_ignored":
+        return any_cfg(lambda c: c.obj_normalizer != 1)
+    if dev.id == "xy_scale_derivative":
+        return any_cfg(lambda c: c.scale_x_y != 1)
+    if dev.id in ("averaging_none", "assign_no_extras"):
+        return any_cfg(lambda c: c.iou_thresh < 1)
+    if dev.id == "averaging_always":
+        return any_cfg(lambda c: c.iou_thresh >= 1)
+    if switch.get("ciou_alpha") == "detached":
+        return any_cfg(lambda c: c.iou_loss == "ciou")
+    return True
+
+
+def _options(dev: Deviation) -> list[dict[str, Any]]:
+    """The switch settings a deviation can take: each decision value of its parameters."""
+    options = [dict(dev.switch or {})]
+    for name, how in dev.params.items():
+        allowed = CHOICES.get(name)
+        if not (isinstance(allowed, tuple) and all(isinstance(a, str) for a in allowed)):
+            continue
+        default = getattr(DARKNET, name)
+        values = [v for v in allowed if v != default or name not in (dev.switch or {})]
+        values = [v for v in values if not (name == "box_kind" and v == "cfg")]
+        options = [{**o, name: v} for o in options for v in values]
+    return options
+
+
+def _trials(suite: _Suite, chosen: list[_Item], idx: Sequence[int], failing: set[str]) -> list[list[_Item]]:
+    """Every way to add one deviation (with fitted parameters) to ``chosen``."""
+    current = _compose(chosen)
+    taken = set(current.changes())
+    chosen_ids = {it.id for it in chosen}
+    configs = [suite.cases[i].case.config for i in idx]
+    out: list[list[_Item]] = []
+    for dev in executable():
+        if dev.family == "reduction" or dev.id in chosen_ids or not (set(dev.terms) & failing):
+            continue
+        for option in _options(dev):
+            if set(option) & taken or not _relevant(dev, option, configs):
+                continue
+            trial_variant = dataclasses.replace(current, **option)
+            fitted = {}
+            for name in dev.params:
+                if name in FITTERS:
+                    value = FITTERS[name](suite, trial_variant, idx)
+                    if value is None:
+                        break
+                    fitted[name] = value
+            else:
+                option = {**option, **fitted}
+                out.append([_item(dev.id, option)])
+                if option.get("ignore") not in (None, "none") and "ignore_thresh" not in taken:
+                    thresh = _fit_ignore_thresh(suite, dataclasses.replace(current, **option), idx)
+                    if thresh is not None:
+                        out.append([_item(dev.id, option), _item("ignore_threshold", {"ignore_thresh": thresh})])
+    if "ignore_thresh" not in taken and "ignore_threshold" not in chosen_ids and "obj" in failing:
+        thresh = _fit_ignore_thresh(suite, current, idx)
+        if thresh is not None:
+            out.append([_item("ignore_threshold", {"ignore_thresh": thresh})])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the search
+
+def _screen(suite: _Suite, baseline: dict[int, np.ndarray], limit: int) -> list[int]:
+    """A few small failing cases that together show every failing term (and, where possible, two shapes)."""
+    failing = [i for i, c in baseline.items() if c.sum()]
+    failing.sort(key=lambda i: (suite.cases[i].case.input.size, i))
+    chosen: list[int] = []
+    for term in range(len(TERMS)):
+        have = sum(1 for i in chosen if baseline[i][term])
+        for i in failing:
+            if have >= 2 or len(chosen) >= limit:
+                break
+            if baseline[i][term] and i not in chosen:
+                chosen.append(i)
+                have += 1
+    batches = {suite.cases[i].case.input.shape[0] for i in chosen}
+    for i in failing:
+        if len(chosen) >= limit:
+            break
+        if i not in chosen and (suite.cases[i].case.input.shape[0] not in batches or len(chosen) < 3):
+            chosen.append(i)
+            batches.add(suite.cases[i].case.input.shape[0])
+    return sorted(chosen)
+
+
+def _forward(suite: _Suite, chosen: list[_Item], idx: Sequence[int], score: _Score,
+             budget: float) -> tuple[list[_Item], _Score]:
+    """Greedy: add the deviation that most reduces the elements outside the rule, while one does."""
+    while score.total and time.perf_counter() < budget:
+        best: tuple[tuple[int, int, int], list[_Item], _Score] | None = None
+        for rank, trial in enumerate(_trials(suite, chosen, idx, score.terms())):
+            s = _evaluate(suite, _compose(chosen + trial), idx)
+            key = (s.total, len(trial), rank)
+            if best is None or key < best[0]:
+                best = (key, trial, s)
+        if best is None or best[2].total >= score.total:
+            break
+        chosen = chosen + best[1]
+        score = best[2]
+        suite.forget([_compose(chosen)])
+    return chosen, score
+
+
+def _backward(suite: _Suite, chosen: list[_Item], idx: Sequence[int], score: _Score) -> tuple[list[_Item], _Score]:
+    """Drop every deviation the others make unnecessary (its removal leaves the count no worse)."""
+    changed = True
+    while changed and chosen:
+        changed = False
+        for it in reversed(chosen):
+            rest = [c for c in chosen if c is not it]
+            s = _evaluate(suite, _compose(rest), idx)
+            if s.total <= score.total:
+                chosen, score, changed = rest, s, True
+                break
+    return chosen, score
+
+
+def search(cases: Sequence[SearchCase], *, screen: int = SCREEN_CASES, rounds: int = ROUNDS,
+           time_limit: float = 600.0) -> Explanation:
+    """The smallest set of catalogue deviations (parameters fitted) that reproduces the candidate on ``cases``."""
+    start = time.perf_counter()
+    budget = start + time_limit
+    suite = _Suite(cases)
+    everything = list(range(len(cases)))
+    with torch.no_grad():
+        baseline = _evaluate(suite, DARKNET, everything, fixed={n: DARKNET_FACTOR for n, *_ in GROUPS})
+        idx = _screen(suite, baseline.per_case, screen)
+        chosen: list[_Item] = []
+        score = baseline
+        final = baseline
+        for _ in range(max(1, rounds)):
+            if not idx:
+                break
+            score = _evaluate(suite, _compose(chosen), idx)
+            chosen, score = _forward(suite, chosen, idx, score, budget)
+            chosen, score = _backward(suite, chosen, idx, score)
+            if score.total:     # elimination may have opened a better path
+                chosen, score = _forward(suite, chosen, idx, score, budget)
+                chosen, score = _backward(suite, chosen, idx, score)
+            structure = _compose(chosen)
+            final = _necessary_factors(suite, structure, everything, _evaluate(suite, structure, everything))
+            missed = [i for i in everything if final.per_case[i].sum() and i not in idx]
+            if not missed or time.perf_counter() >= budget:
+                break
+            missed.sort(key=lambda i: (-int(final.per_case[i].sum()), i))
+            idx = sorted(set(idx) | set(missed[:max(2, screen // 2)]))
+        findings = _findings(suite, chosen, final, idx)
+    return _explanation(suite, findings, final, baseline, idx, time.perf_counter() - start)
+
+
+def _findings(suite: _Suite, chosen: list[_Item], final: _Score, idx: Sequence[int]) -> list[Finding]:
+    """The chosen deviations and the fitted factors as findings, ranked by the elements each accounts for."""
+    structure = _compose(chosen)
+    found: list[Finding] = []
+    base = _evaluate(suite, structure, idx, fixed=final.factors).total
+    for it in chosen:
+        rest = _compose([c for c in chosen if c is not it])
+        without = _evaluate(suite, rest, idx, fixed=final.factors).total
+        found.append(Finding(it.id, it.fields, max(0, without - base), _describe(it.id, it.fields)))
+    for name, rows, reduce_field, weight_field in GROUPS:
+        f = final.factors.get(name, DARKNET_FACTOR)
+        if f.is_darknet:
+            continue
+        fixed = dict(final.factors)
+        fixed[name] = DARKNET_FACTOR
+        without = _evaluate(suite, structure, idx, fixed=fixed).total
+        accounts = max(0, without - base)
+        if f.reduction != "sum":
+            found.append(Finding(f"{name}_mean_over_{f.reduction}", {reduce_field: f.reduction}, accounts,
+                                 _describe_factor(name, f)))
+        if f.weight != 1.0 or not f.factored:
+            found.append(Finding("term_weight", {weight_field: f.weight}, accounts if f.reduction == "sum" else 0,
+                                 _describe_factor(name, f) if f.reduction == "sum" else
+                                 f"multiplies the {name} term by {f.weight:g}"))
+    _merge_weights(found)
+    found.sort(key=lambda f: -f.accounts_for)
+    return found
+
+
+def _merge_weights(found: list[Finding]) -> None:
+    """One ``term_weight`` finding holding every term's weight (the catalogue has one entry for it)."""
+    weights = [f for f in found if f.id == "term_weight"]
+    if len(weights) < 2:
+        return
+    params: dict[str, Any] = {}
+    for f in weights:
+        params.update(f.params)
+        found.remove(f)
+    found.append(Finding("term_weight", params, sum(f.accounts_for for f in weights),
+                         "; ".join(f.text for f in weights)))
+
+
+QUANTITY_WORDS = {"batch": "the batch size", "slots": "b*n*h*w (every slot)",
+                  "positives": "the number of truth-anchor pairs", "positives_classes": "truth-anchor pairs x classes",
+                  "heads": "the number of heads"}
+
+
+def _describe_factor(term: str, f: TermFactor) -> str:
+    if not f.factored:
+        return (f"scales the {term} term by a factor near {f.weight:.6g}/{f.reduction} that no known count "
+                f"(batch, slots, truth-anchor pairs, classes, heads) and plain constant explains in every case")
+    parts = []
+    if f.reduction != "sum":
+        parts.append(f"divides the {term} term by {QUANTITY_WORDS[f.reduction]} (a mean)")
+    if f.weight != 1.0:
+        parts.append(f"multiplies the {term} term by {f.weight:g}")
+    return " and ".join(parts)
+
+
+def _describe(deviation_id: str, params: dict[str, Any]) -> str:
+    dev = BY_ID[deviation_id]
+    extra = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+             if k not in (dev.switch or {}) or k in dev.params]
+    return dev.port_does + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _explanation(suite: _Suite, findings: list[Finding], final: _Score, baseline: _Score, idx: Sequence[int],
+                 seconds: float) -> Explanation:
+    remains = {t: int(sum(int(c[k]) for c in final.per_case.values())) for k, t in enumerate(TERMS)}
+    reproduced = sum(1 for c in final.per_case.values() if not c.sum())
+    elements = sum(int(c.candidate.size) for c in suite.cases)
+    first = _first_difference(suite, final) if final.total else None
+    return Explanation(findings, final.variant, len(suite.cases), reproduced, elements, final.total, baseline.total,
+                       {t: n for t, n in remains.items() if n}, first, seconds,
+                       tuple(suite.cases[i].name for i in idx))
+
+
+def _first_difference(suite: _Suite, score: _Score) -> str | None:
+    for i, counts in score.per_case.items():
+        if not counts.sum():
+            continue
+        base = _without_factors(score.variant)
+        model = _apply(suite.chained(i, base), score.factors, suite.quantities(i, base))
+        cand = suite.cand[i]
+        rule = suite.cases[i].rule
+        for k, term in enumerate(TERMS):
+            if not counts[k]:
+                continue
+            rows = slice(k, k + 1) if k < 5 else slice(5, None)
+            tol = rule.for_term(term)
+            c, m = cand[:, :, rows].astype(np.float64), model[:, :, rows].astype(np.float64)
+            with np.errstate(invalid="ignore"):
+                bad = ((c == 0) != (m == 0)) | ~((np.abs(c - m) <= tol.atol + tol.rtol * np.abs(m)) |
+                                                 (np.isnan(c) & np.isnan(m)))
+            b, a, e, j, ii = (int(v[0]) for v in np.nonzero(bad))
+            entry = k if k < 5 else 5 + e
+            return (f"{suite.cases[i].name}: {term} at image {b}, anchor {a}, cell (j={j}, i={ii}): yours "
+                    f"{c[b, a, e, j, ii]:.6g}, the variant's {m[b, a, e, j, ii]:.6g}"
+                    + (f" (class {entry - 5})" if k == 5 else ""))
+    return None
