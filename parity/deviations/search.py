@@ -410,6 +410,24 @@ def _options(dev: Deviation) -> list[dict[str, Any]]:
     return options
 
 
+# Deviations tried together with another, because neither alone comes closer: a port that uses another
+# box loss than the cfg's differentiates it its own way too.
+COMPANIONS = {"box_kind_other": ("box_grad_exact", "box_grad_autograd")}
+
+
+def _companions(dev: Deviation, option: dict[str, Any], taken: set[str]) -> list[_Item]:
+    out = []
+    for other_id in COMPANIONS.get(dev.id, ()):
+        other = BY_ID[other_id]
+        for other_option in _options(other):
+            if set(other_option) & (taken | set(option)):
+                continue
+            if other_option.get("ciou_alpha") == "detached" and option.get("box_kind") != "ciou":
+                continue
+            out.append(_item(other_id, other_option))
+    return out
+
+
 def _trials(suite: _Suite, chosen: list[_Item], idx: Sequence[int], failing: set[str]) -> list[list[_Item]]:
     """Every way to add one deviation (with fitted parameters) to ``chosen``."""
     current = _compose(chosen)
@@ -434,6 +452,7 @@ def _trials(suite: _Suite, chosen: list[_Item], idx: Sequence[int], failing: set
             else:
                 option = {**option, **fitted}
                 out.append([_item(dev.id, option)])
+                out += [[_item(dev.id, option), companion] for companion in _companions(dev, option, taken)]
                 if option.get("ignore") not in (None, "none") and "ignore_thresh" not in taken:
                     thresh = _fit_ignore_thresh(suite, dataclasses.replace(current, **option), idx)
                     if thresh is not None:
@@ -598,7 +617,7 @@ def _describe_factor(term: str, f: TermFactor) -> str:
 def _describe(deviation_id: str, params: dict[str, Any]) -> str:
     dev = BY_ID[deviation_id]
     extra = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
-             if k not in (dev.switch or {}) or k in dev.params]
+             if (k not in (dev.switch or {}) or k in dev.params) and v != getattr(DARKNET, k)]
     return dev.port_does + (f" ({', '.join(extra)})" if extra else "")
 
 
