@@ -103,6 +103,9 @@ class CaseDiff:
     borderline_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
     output_mask: np.ndarray | None = field(default=None, repr=False, compare=False)   # failing output elements
     role_mask: np.ndarray | None = field(default=None, repr=False, compare=False)     # [B, n, H, W] failing roles
+    # For the explanation search (``RunOptions.search``): the candidate's delta and the case (not saved).
+    candidate_delta: np.ndarray | None = field(default=None, repr=False, compare=False)
+    source: Any = field(default=None, repr=False, compare=False)
 
     @property
     def passed(self) -> bool:
@@ -125,7 +128,7 @@ class CaseDiff:
         return cls(**data)
 
 
-_NOT_SAVED = frozenset({"mask", "borderline_mask", "output_mask", "role_mask"})
+_NOT_SAVED = frozenset({"mask", "borderline_mask", "output_mask", "role_mask", "candidate_delta", "source"})
 
 
 @dataclass

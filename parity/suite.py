@@ -82,6 +82,7 @@ class RunOptions:
     reference_build: str = "auto"    # "auto" (a recording's meta.build, else o2), "o2" or "ofast" (declared)
     backward: str = "cpu"            # the reference's delta as darknet's CPU backward adds it, or its GPU backward's
     loss_scale: float = 1.0          # darknet's [net] loss_scale (the GPU backward's factor with delta_normalizer)
+    search: bool = False             # explain failures: the deviations under which darknet reproduces the candidate
 
 
 REFERENCE_BUILDS = ("auto", "o2", "ofast")
@@ -174,6 +175,9 @@ def _compare_case(case: Case, opts: RunOptions, name: str | None, rule: Toleranc
         add_exact(result, exact.delta.numpy(), 5 + case.config.classes)
     result.meta = _plain(case.meta)
     result.meta["convention"] = out.convention
+    if opts.search:
+        result.candidate_delta = np.asarray(out.delta, dtype=np.float32)
+        result.source = case
     result.meta["reference_build"] = rule.reference_build
     if not result.passed and opts.diagnose:
         result.causes = [dataclasses.asdict(c) for c in diagnose(case, reference, out.delta, facts, result)]
@@ -322,6 +326,7 @@ class SuiteResult:
     require_coverage: bool = False        # missing branch coverage fails the run (else it is only reported)
     notes: list[str] = field(default_factory=list)   # what the run did NOT check, said in the summary
     incomplete: str = ""                  # why some cases never ran (an interrupt); "" for a whole run
+    explanation: dict[str, Any] | None = None   # the search's deviations (Explanation.as_dict), if it ran
 
     @property
     def failed(self) -> list[CaseDiff]:
@@ -360,7 +365,7 @@ class SuiteResult:
         return {"schema": SCHEMA, "passed": self.passed, "cases": [c.to_json() for c in self.cases],
                 "coverage": self.coverage, "enabled": self.enabled, "options": self.options, "rule": self.rule,
                 "seconds": self.seconds, "shards": self.shards, "require_coverage": self.require_coverage,
-                "notes": self.notes, "incomplete": self.incomplete}
+                "notes": self.notes, "incomplete": self.incomplete, "explanation": self.explanation}
 
     def save(self, path: str | Path) -> None:
         write_atomic(path, json.dumps(self.to_json(), indent=1, default=float).encode())
@@ -381,7 +386,7 @@ class SuiteResult:
             return cls([CaseDiff.from_json(c) for c in data["cases"]], data["coverage"], data["enabled"],
                        data.get("options", {}), data.get("rule", ""), data.get("seconds", 0.0),
                        data.get("shards", []), bool(data.get("require_coverage", False)),
-                       list(data.get("notes", [])), str(data.get("incomplete", "")))
+                       list(data.get("notes", [])), str(data.get("incomplete", "")), data.get("explanation"))
         except (KeyError, TypeError, ValueError) as exc:
             raise ParityError(f"{path}: a damaged suite result ({type(exc).__name__}: {exc})") from None
 
@@ -467,8 +472,34 @@ def run_suite(cases: Sequence[CaseRef] | Iterable[tuple[CaseRef, Case]], opts: R
     recorded.update(options or {})
     left_out = sum(1 for r in results if r.skipped == FINITE_ONLY_SKIP)
     notes = [f"{left_out} case(s) whose input holds NaN/Inf were left out (--finite-only)"] if left_out else []
+    explanation = explain(results, rule) if opts.search and not incomplete else None
     return SuiteResult(results, hit, enabled, recorded, _rule_text(rule, results), time.perf_counter() - start,
-                       [shard_spec] if shard_spec else [], opts.require_coverage, notes, incomplete)
+                       [shard_spec] if shard_spec else [], opts.require_coverage, notes, incomplete, explanation)
+
+
+def explain(results: Sequence[CaseDiff], rule: ToleranceRule) -> dict[str, Any] | None:
+    """The explanation search over every compared case, when some failed (``parity.deviations.search``).
+
+    Every case that ran takes part (a deviation must also keep the passing
+    cases passing). The candidate's deltas are dropped afterwards.
+    """
+    from .deviations.search import SearchCase, search
+
+    ran = [r for r in results if r.candidate_delta is not None and r.source is not None]
+    threads = torch.get_num_threads()
+    try:
+        if not any(not r.passed for r in ran):
+            return None
+        cases = [SearchCase(r.case, r.source, r.candidate_delta,
+                            rule.for_build(r.meta.get("reference_build", "o2"))) for r in ran]
+        torch.set_num_threads(1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DarknetInputWarning)
+            return search(cases).as_dict()
+    finally:
+        torch.set_num_threads(threads)
+        for r in ran:
+            r.candidate_delta = r.source = None
 
 
 def _rule_text(rule: ToleranceRule, results: Sequence[CaseDiff]) -> str:
@@ -498,6 +529,10 @@ def merge(results: Iterable[SuiteResult]) -> SuiteResult:
         merged.require_coverage = merged.require_coverage or res.require_coverage
         merged.notes += [n for n in res.notes if n not in merged.notes]
         merged.incomplete = "; ".join(x for x in (merged.incomplete, res.incomplete) if x)
+    if len(merged.shards) > 1 and merged.failed:
+        note = ("the explanation search runs within one run: merged shards carry none (run the suite without "
+                "--shard for it)")
+        merged.notes += [note] if note not in merged.notes else []
     return merged
 
 

@@ -716,12 +716,14 @@ def _truth_pass(L: _Layer, plan: _Plan, stats: dict[str, Tensor]) -> None:
         old = row[:, 5:]
         test_class = ck if L.alexeyab else torch.zeros_like(ck)
         shortcut = old.gather(1, test_class[:, None])[:, 0] != 0
-        if V is not None and V.class_write == "rewrite":
+        if V is not None and V.class_write != "darknet":
             shortcut = torch.zeros_like(shortcut)
         full = _class_full(L, p_cls, old, ck)
         short_val = _class_shortcut(L, p_cls.gather(1, ck[:, None])[:, 0], old.gather(1, ck[:, None])[:, 0], ck)
         short_rows = old.scatter(1, ck[:, None], short_val[:, None])
         new_cls = torch.where(shortcut[:, None], short_rows, full)
+        if V is not None and V.class_write == "sum":      # every truth's whole row added to the slot's
+            new_cls = torch.where(rewritten[:, None] | (old != 0).any(dim=1, keepdim=True), old + full, full)
         d[bk, ak, :, jk, ik] = torch.cat([new_box, new_obj[:, None], new_cls], dim=1)
         _mark_where(L, bk, ak, jk, ik, shortcut, _roles.ROLE_CLASS_SHORTCUT)
 

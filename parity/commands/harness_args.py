@@ -73,6 +73,9 @@ def add_diff_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--finite-only", action="store_true",
                        help="leave out cases whose input holds NaN/Inf (darknet's guards keep its delta finite "
                             "there; most ports return NaN); the summary says how many")
+    group.add_argument("--no-search", action="store_true",
+                       help="skip the explanation search (by default a failing run ends with the catalogue "
+                            "deviations under which darknet's semantics reproduce the candidate)")
     group.add_argument("--require-coverage", action="store_true",
                        help="fail (exit 1) when a darknet branch a profile's configs enable is never reached "
                             "(always reported; `make parity` sets this)")
@@ -108,5 +111,5 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         network=bool(getattr(args, "whole_network", False)),
         timeout=check_timeout(getattr(args, "timeout", DEFAULT_TIMEOUT)),
         reference_build=getattr(args, "reference_build", "auto"), backward=getattr(args, "backward", "cpu"),
-        loss_scale=getattr(args, "loss_scale", 1.0))
+        loss_scale=getattr(args, "loss_scale", 1.0), search=not getattr(args, "no_search", True))
 

@@ -94,7 +94,7 @@ class Shrink(Command):
 
         case = case_from_spec(args.case, args.seed, args.profiles_file, args.cases)
         label = case_label(case, args.case)
-        opts = dataclasses.replace(run_options(args), diagnose=False, top_k=1)
+        opts = dataclasses.replace(run_options(args), diagnose=False, top_k=1, search=False)
         rule = load_tolerances(opts.tolerances)
         candidate = load_candidate(opts.candidate, convention=opts.convention, layout=opts.layout,
                                    framework=opts.framework,

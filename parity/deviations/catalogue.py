@@ -253,6 +253,16 @@ CATALOGUE: tuple[Deviation, ...] = (
               "delta_yolo_class (src/yolo_layer.c)",
               "build multi-hot class targets for shared slots (set each truth's class to 1, never reset)",
               {"class_write": "rewrite"}, {}, "tcls[b, a, gj, gi, c] = 1.0  # not tcls[b, a, gj, gi] = one_hot(c)"),
+    Deviation("class_sum", "slots_written_twice",
+              "adds every truth's whole class row (one-hot minus p) to a shared slot, as a loss summed over "
+              "truth-anchor pairs does",
+              "rewrites only the truth's class entry when the slot's class row is already set (the 'already "
+              "set' shortcut), so a shared slot's class delta holds each class once",
+              "delta_yolo_class (src/yolo_layer.c)",
+              "build one class target per slot (multi-hot over the truths written there) and take the class loss "
+              "once per slot, not once per truth-anchor pair",
+              {"class_write": "sum"}, {},
+              "tcls = torch.zeros_like(pcls); tcls[b, a, gj, gi, c] = 1.0  # then one BCE over slots"),
     Deviation("box_max_iou_writer", "slots_written_twice", "keeps the truth with the highest IoU in a shared slot",
               "accumulates every truth's box delta", "delta_yolo_box (src/yolo_layer.c)",
               "sum over every truth-anchor pair"),
@@ -305,7 +315,7 @@ _TERMS = {
     "obj_mse": ("obj",), "obj_normalizer_ignored": ("obj",), "ignore_none": ("obj",),
     "ignore_no_class_match": ("obj",), "ignore_threshold": ("obj",), "assign_best_in_mask": ALL,
     "assign_ratio": ALL, "assign_no_extras": ALL, "box_last_writer": BOX, "box_first_writer": BOX,
-    "class_rewrite": BOX + ("cls",), "averaging_none": BOX, "averaging_always": BOX,
+    "class_rewrite": BOX + ("cls",), "class_sum": BOX + ("cls",), "averaging_none": BOX, "averaging_always": BOX,
 }
 CATALOGUE = tuple(dataclasses.replace(d, terms=_TERMS[d.id]) if d.id in _TERMS else d for d in CATALOGUE)
 BY_ID = {d.id: d for d in CATALOGUE}

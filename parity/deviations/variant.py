@@ -37,7 +37,7 @@ CHOICES: dict[str, Any] = {
     "ratio_k": float,
     "extras": ("darknet", "none"),
     "box_writer": ("darknet", "last", "first"),
-    "class_write": ("darknet", "rewrite"),
+    "class_write": ("darknet", "rewrite", "sum"),
     "averaging": ("darknet", "none", "always"),
 }
 
@@ -77,7 +77,7 @@ class Variant:
     extras: str = "darknet"
     # slots written twice
     box_writer: str = "darknet"     # darknet: AlexeyAB accumulates, pjreddie keeps the last
-    class_write: str = "darknet"    # darknet: the "already set" shortcut; rewrite: the last truth's row
+    class_write: str = "darknet"    # darknet: the "already set" shortcut; rewrite: the last truth's row; sum: every row added
     # averaging over iou_thresh extras
     averaging: str = "darknet"
 

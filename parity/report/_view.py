@@ -434,3 +434,36 @@ def run_description(result: "SuiteResult") -> str:
     if result.shards:
         parts.append("shards " + ", ".join(map(str, result.shards)))
     return ", ".join(parts)
+
+
+def explanation_headline(explanation: Mapping[str, Any]) -> str:
+    """The search's first line: how many catalogue changes turn darknet into the candidate."""
+    n = len(explanation.get("changes", []))
+    if not n:
+        return "No catalogued deviation brings darknet's [yolo] layer closer to your loss."
+    return f"Your loss = darknet's [yolo] layer with these {n} change{'s' if n != 1 else ''}:"
+
+
+def explanation_change_lines(change: Mapping[str, Any]) -> list[str]:
+    """One change: what the candidate does, what darknet does instead, the fix (and a snippet)."""
+    lines = [f"{change['text']}  [{change['id']}; accounts for {change['accounts_for']} differing element(s)]",
+             f"darknet instead {change['darknet_does']} ({change['darknet_function']})",
+             f"fix: {change['fix']}"]
+    lines += [f"    {line}" for line in str(change.get("snippet") or "").splitlines()]
+    return lines
+
+
+def explanation_residual(explanation: Mapping[str, Any]) -> str:
+    """What the changes reproduce, on how many cases and elements, and what remains."""
+    n = len(explanation.get("changes", []))
+    cases, reproduced = explanation["cases"], explanation["cases_reproduced"]
+    elements, outside = explanation["elements"], explanation["elements_outside"]
+    share = 100.0 * (1 - outside / elements) if elements else 100.0
+    subject = (f"after these {n} change{'s' if n != 1 else ''} darknet's semantics" if n
+               else "darknet's semantics")
+    where = f"all {cases} cases" if reproduced == cases else f"{reproduced} of {cases} cases"
+    text = f"{subject} reproduce your loss on {where}, {share:.2f}% of elements"
+    if outside:
+        remains = ", ".join(f"{term} {count}" for term, count in explanation.get("remains", {}).items())
+        text += f"; what remains: {outside} element(s) ({remains}), first at {explanation.get('first')}"
+    return text[0].upper() + text[1:] + "."

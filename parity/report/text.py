@@ -59,8 +59,12 @@ def _render_compact(result: "SuiteResult", console: Console, max_cases: int, max
     console.print(_verdict(result))
     console.print(_header(result, tolerances=False))
     failing = result.failed
+    search = getattr(result, "explanation", None)
+    if search:
+        console.print(_search_block(search))
     if failing:
-        console.print(_explanation(result))
+        if not (search and search["elements_outside"] == 0 and search["changes"]):
+            console.print(_explanation(result))
         console.print(_term_role_table(result, console.width, failing_only=True))
         console.print(_errors_block(result))
         console.print(_failing_list(failing))
@@ -84,6 +88,8 @@ def _render_compact(result: "SuiteResult", console: Console, max_cases: int, max
 
 def _render_full(result: "SuiteResult", console: Console) -> None:
     console.print(_header(result))
+    if getattr(result, "explanation", None):
+        console.print(_search_block(result.explanation))
     console.print(_explanation(result))
     console.print(_term_role_table(result, console.width))
     console.print(_coverage_table(result))
@@ -98,6 +104,19 @@ def _render_full(result: "SuiteResult", console: Console) -> None:
     console.print(_verdict(result))
     for note in getattr(result, "notes", []):
         console.print(_t(f"note: {note}", style="bold yellow"))
+
+
+def _search_block(search: dict) -> Group:
+    """The explanation search: the changes that turn darknet into the candidate, each with its fix."""
+    lines: list = [_t(""), _t(_view.explanation_headline(search), style="bold")]
+    for k, change in enumerate(search["changes"], 1):
+        first, *rest = _view.explanation_change_lines(change)
+        lines.append(Padding(_t(f"{k}. {first}"), (0, 0, 0, 2)))
+        lines += [Padding(_t(line, style="dim" if line.startswith("darknet") else ""), (0, 0, 0, 5))
+                  for line in rest]
+    lines.append(_t(_view.explanation_residual(search), style="bold green" if not search["elements_outside"]
+                    else "bold yellow"))
+    return Group(*lines)
 
 
 def _explanation(result: "SuiteResult") -> Group | Text:
