@@ -10,6 +10,7 @@ reproduced), so the sets are what an explanation search should find.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -111,3 +112,14 @@ def test_every_documented_deviation_is_needed(porter):
         rest = compose({k: v for k, v in porter.documented.items() if k != dev})
         assert any(not compare(_run(case, rest), _candidate(delta), case=case).passed
                    for case, delta in zip(cases, deltas)), (porter.name, dev)
+
+
+@pytest.mark.parametrize("porter", [p for p in PORTERS if p.variant.box_grad != "darknet" and p.profile == "yolov4"],
+                         ids=lambda p: p.name)
+def test_the_ciou_alpha_decision_is_revealed(porter):
+    """alpha held constant or differentiated: the other choice no longer reproduces the loss."""
+    other = "differentiated" if porter.variant.ciou_alpha == "detached" else "detached"
+    variant = dataclasses.replace(porter.variant, ciou_alpha=other)
+    cases, deltas = porter_cases(porter.profile), _deltas(porter.name)
+    assert any(not compare(_run(case, variant), _candidate(delta), case=case).passed
+               for case, delta in zip(cases, deltas))

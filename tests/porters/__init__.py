@@ -27,7 +27,8 @@ from parity.generate import CaseFeatures, CaseShape, random_case
 from . import yolov3_style as v3
 from . import yolov4_style as v4
 
-__all__ = ["PORTERS", "Porter", "compose", "porter_cases", "porter_delta", "porter_by_name"]
+__all__ = ["PORTERS", "PROFILE_FEATURES", "Porter", "compose", "porter_by_name", "porter_cases", "porter_delta",
+           "variant_of"]
 
 # Dense cases without truth-reading or non-finite specials (no loss documents those). On the yolov4
 # profile more planted predictions sit in a neighbouring cell with a class above 0.25, so that darknet's
