@@ -117,6 +117,13 @@ class TestCatalogue:
         with pytest.raises(InputError, match="Variant.ignore='sometimes'"):
             Variant(ignore="sometimes")
 
+    @pytest.mark.parametrize("field,value", [("focal_alpha", 1.5), ("assign_cap", -1), ("cls_smooth_eps", "0.1"),
+                                             ("obj_loss", "quality_focal")])
+    def test_a_bad_parameter_is_the_same_one_error(self, field, value):
+        with pytest.raises(InputError, match=f"Variant.{field}={value!r}: expected") as err:
+            Variant(**{field: value})
+        assert len(err.value.args) == 1
+
 
 class TestDarknetValue:
     """(a) darknet's values give darknet's run, bit for bit, through every hook."""

@@ -55,6 +55,14 @@ CHOICES: dict[str, Any] = {
     "nonfinite": ("guarded", "propagates"),
 }
 
+# fitted parameters with a range: field -> (test, what the error names)
+RANGES: dict[str, tuple[Any, str]] = {
+    "focal_gamma": (lambda v: v >= 0, "a float >= 0"),
+    "focal_alpha": (lambda v: 0 <= v <= 1, "None or a float in [0, 1]"),
+    "cls_smooth_eps": (lambda v: 0 <= v <= 1, "None or a float in [0, 1]"),
+    "assign_cap": (lambda v: not isinstance(v, bool) and v >= 0, "None or an int >= 0"),
+}
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -124,8 +132,11 @@ class Variant:
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             else:
                 ok = isinstance(value, allowed)
+            expected = f"one of {allowed}"
+            if ok and value is not None and f.name in RANGES:
+                ok, expected = RANGES[f.name][0](value), RANGES[f.name][1]
             if not ok:
-                raise InputError(f"Variant.{f.name}={value!r}: expected one of {allowed}")
+                raise InputError(f"Variant.{f.name}={value!r}: expected {expected}")
 
     def changes(self) -> dict[str, Any]:
         """The switches that differ from darknet's values."""
