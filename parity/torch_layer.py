@@ -40,6 +40,7 @@ from .errors import InputError
 from .layer_input import check_flavor, check_layer_shapes, truth_notes, warn_darknet_input
 from .result import Assignments, Decisions, LayerRun, LayerStats
 from .torch_box import Boxes, box_giou, box_iou, box_iou_kind, iou_kind_partials, iou_loss_grad
+from .torch_variant import capped, focal_objectness, own_class_match, softmax_probs, with_neighbour_cells
 
 # Elements processed per step by the chunked passes (activation, ignore
 # search). On the CPU a chunk that stays in cache is several times faster
@@ -103,6 +104,26 @@ def logistic(v: Tensor, flavor: str) -> Tensor:
     return 1.0 / (1.0 + _exp_f32(-v))
 
 
+def _guarded(L: "_Layer") -> bool:
+    """Whether darknet's non-finite guards apply (a ``nonfinite="propagates"`` variant drops them)."""
+    return L.variant is None or L.variant.nonfinite == "guarded"
+
+
+def _obj_delta(L: "_Layer", target: Tensor | float, p: Tensor) -> Tensor:
+    """An objectness delta before its weights: darknet's target - p, or a focal variant's -dFL/dz."""
+    V = L.variant
+    if V is None or V.obj_loss != "focal":
+        return target - p
+    return focal_objectness(target, p, V.focal_gamma, V.focal_alpha)
+
+
+def _class_probs(L: "_Layer", b: Tensor, a: Tensor, j: Tensor, i: Tensor) -> Tensor:
+    """The class probabilities the class deltas are written against, [N, C]: the output's, or a softmax's."""
+    if L.variant is not None and L.variant.cls_loss == "softmax":
+        return softmax_probs(L.raw[b, a, 5:, j, i])
+    return L.output[b, a, 5:, j, i]
+
+
 @dataclass
 class _Layer:
     """Shapes, float32 options and views shared by the steps of one call."""
@@ -124,6 +145,7 @@ class _Layer:
     class_map: Tensor | None = None   # [C] long: map= (AlexeyAB), the class written for a truth's class
     decisions: Decisions = field(default_factory=Decisions)   # filled by the passes that decide
     variant: Variant | None = None    # a catalogue variant's hooks; None: darknet exactly
+    raw: Tensor | None = None         # [B, n, E, H, W] the input before activation (variants only)
 
     @property
     def alexeyab(self) -> bool:
@@ -216,13 +238,20 @@ class _Truths:
 
 
 def _read_truths(L: _Layer, truth: Tensor) -> _Truths:
-    rows = min(L.config.max_boxes, truth.shape[1])
+    V = L.variant
+    rows = truth.shape[1] if V is not None and V.truth_max == "ignored" else min(L.config.max_boxes, truth.shape[1])
     t = truth[:, :rows]
     x = t[..., 0]
-    active = torch.cumsum((x == 0).to(torch.int32), dim=1) == 0
-    count = int(active.sum(dim=1).max().item()) if rows else 0
+    if V is not None and V.truth_terminator == "skip":     # x == 0 rows skipped, reading goes on
+        active = x != 0
+        count = int(active.any(dim=0).nonzero().max()) + 1 if bool(active.any()) else 0
+    else:
+        active = torch.cumsum((x == 0).to(torch.int32), dim=1) == 0
+        count = int(active.sum(dim=1).max().item()) if rows else 0
     t, active = t[:, :count], active[:, :count]
     cls_f = t[..., 4]
+    if V is not None and V.truth_class == "clamped":        # a finite id outside [0, classes) clamped, kept
+        cls_f = torch.where(torch.isfinite(cls_f), cls_f.clamp(0, L.C - 1), cls_f)
     in_int = torch.isfinite(cls_f) & (cls_f > -2147483649.0) & (cls_f < 2147483648.0)
     cls = torch.where(in_int, cls_f, torch.zeros_like(cls_f)).trunc().to(torch.long)
     class_ok = in_int & (cls >= 0) & (cls < L.C)
@@ -297,8 +326,16 @@ def _ignore_search(L: _Layer, pred: Boxes, tr: _Truths) -> tuple[Tensor, Tensor]
     return best.view(B, L.n, L.H, L.W), best_t.view(B, L.n, L.H, L.W)
 
 
-def _class_target(onehot: Tensor, eps: float) -> Tensor:
-    """y*(1 - eps) + 0.5*eps: float product, double sum, one rounding."""
+def _class_target(L: _Layer, onehot: Tensor) -> Tensor:
+    """y*(1 - eps) + 0.5*eps (AlexeyAB's label_smooth_eps): float product, double sum, one rounding.
+
+    A ``cls_smooth="uniform"`` variant: y*(1 - eps) + eps/classes in float (any flavor).
+    """
+    V = L.variant
+    if V is not None and V.cls_smooth == "uniform":
+        eps = _f32(L.config.label_smooth_eps if V.cls_smooth_eps is None else V.cls_smooth_eps)
+        return onehot * _f32(1 - eps) + _f32(eps / L.C)
+    eps = L.config.label_smooth_eps if L.alexeyab else 0.0
     if not eps:
         return onehot
     e = _f32(eps)
@@ -310,13 +347,13 @@ def _class_full(L: _Layer, p: Tensor, old: Tensor, cls: Tensor) -> Tensor:
     cfg = L.config
     onehot = torch.nn.functional.one_hot(cls, L.C).to(p.dtype)
     if not L.alexeyab:
-        return onehot - p
+        return _class_target(L, onehot) - p
     if cfg.focal_loss:
         pt = p.gather(1, cls[:, None]) + np.float32(1e-15)
         grad = -(1 - pt) * (2 * pt * torch.log(pt.double()).to(pt.dtype) + pt - 1)
         return (onehot - p) * (np.float32(0.5) * grad)
-    r = _class_target(onehot, cfg.label_smooth_eps) - p
-    new = torch.where(torch.isfinite(r), r, old)
+    r = _class_target(L, onehot) - p
+    new = torch.where(torch.isfinite(r), r, old) if _guarded(L) else r
     if L.mult is not None:
         factor = (L.mult[cls] * _f32(cfg.cls_normalizer)).to(p.dtype)
         scaled = new.gather(1, cls[:, None]) * factor[:, None]
@@ -327,9 +364,9 @@ def _class_full(L: _Layer, p: Tensor, old: Tensor, cls: Tensor) -> Tensor:
 def _class_shortcut(L: _Layer, p_c: Tensor, old_c: Tensor, cls: Tensor) -> Tensor:
     """The "already set" path: only the truth's class entry is rewritten."""
     if not L.alexeyab:
-        return 1 - p_c
-    r = _class_target(torch.ones_like(p_c), L.config.label_smooth_eps) - p_c
-    new = torch.where(torch.isfinite(r), r, old_c)
+        return _class_target(L, torch.ones_like(p_c)) - p_c
+    r = _class_target(L, torch.ones_like(p_c)) - p_c
+    new = torch.where(torch.isfinite(r), r, old_c) if _guarded(L) else r
     if L.mult is not None:
         new = new * L.mult[cls]
     return new
@@ -372,7 +409,8 @@ def _box_increment(L: _Layer, pred: Boxes, truth: Boxes, xbox: Tensor, anchor: T
     inc = torch.stack(list(g), dim=1) * (_f32(cfg.iou_normalizer) * cm)[:, None]
     if L.variant is not None and L.variant.scale_2wh == "everywhere":
         inc = inc * scale[:, None]
-    inc = torch.where(torch.isfinite(inc), inc, torch.zeros_like(inc))
+    if _guarded(L):
+        inc = torch.where(torch.isfinite(inc), inc, torch.zeros_like(inc))
     if _f32(cfg.max_delta) != FLT_MAX:
         md = _f32(cfg.max_delta)
         inc = inc.clamp(-md, md)
@@ -403,13 +441,13 @@ def _variant_box_grad(L: _Layer, pred: Boxes, truth: Boxes, xbox: Tensor, anchor
                  (g.h.double() * dh_dt).to(g.h.dtype))
 
 
-def _record_truth_decisions(L: _Layer, tr: _Truths, b: Tensor, t: Tensor, i: Tensor, j: Tensor, best_n: Tensor,
+def _record_truth_decisions(L: _Layer, used: Tensor, b: Tensor, t: Tensor, i: Tensor, j: Tensor, best_n: Tensor,
                             anchor_iou: Tensor) -> None:
     """Per truth row: used, best anchor over all anchors, cell, and the anchor IoUs that chose it."""
-    B, T = tr.valid.shape
-    dev = tr.valid.device
+    B, T = used.shape
+    dev = used.device
     d = L.decisions
-    d.truth_used = tr.valid.clone()
+    d.truth_used = used.clone()
     d.truth_best_anchor = torch.full((B, T), -1, dtype=torch.long, device=dev)
     d.truth_best_anchor[b, t] = best_n
     d.truth_i = torch.full((B, T), -1, dtype=torch.long, device=dev)
@@ -425,7 +463,9 @@ def _assignments(L: _Layer, tr: _Truths) -> Assignments:
     dev = tr.valid.device
     B, T = tr.valid.shape
     total = cfg.num
-    bt = tr.valid.nonzero()                                # [N, 2] in (b, t) order
+    V = L.variant
+    used = tr.valid if V is None or V.assign_cap is None else capped(tr.valid, V.assign_cap)
+    bt = used.nonzero()                                    # [N, 2] in (b, t) order
     b, t = bt[:, 0], bt[:, 1]
     box = Boxes(*(c[b, t] for c in tr.box))
     i = (box.x * L.W).trunc().to(torch.long)
@@ -440,18 +480,21 @@ def _assignments(L: _Layer, tr: _Truths) -> Assignments:
     slot_of = torch.full((total,), -1, dtype=torch.long, device=dev)
     for a in reversed(range(L.n)):                        # first index wins, as int_index
         slot_of[int(cfg.mask[a])] = a
-    V = L.variant
     if V is not None and V.assign == "best_in_mask":      # the best of the layer's own anchors, always used
         eff = torch.where(iou > 0, iou, torch.zeros_like(iou))
         best_n = torch.where(slot_of[None, :] >= 0, eff, torch.full_like(eff, -1.0)).max(dim=-1).indices
     else:
         _, best_n = _best_over(iou)
-    _record_truth_decisions(L, tr, b, t, i, j, best_n, iou)
+    _record_truth_decisions(L, used, b, t, i, j, best_n, iou)
     candidates = [(best_n, slot_of[best_n] >= 0, torch.zeros_like(best_n, dtype=torch.bool))]
     rows = [torch.arange(b.shape[0], device=dev)]
     order = [torch.zeros_like(best_n)]
     if V is not None and V.assign == "ratio":
         r, n = _ratio_matches(L, box, slot_of, V.ratio_k)
+        candidates = [(n, torch.ones_like(n, dtype=torch.bool), torch.zeros_like(n, dtype=torch.bool))]
+        rows, order = [r], [1 + n]
+    elif V is not None and V.assign == "every_above":     # every mask anchor whose anchor IoU exceeds t
+        r, n = ((slot_of[None, :] >= 0) & (iou > V.assign_t)).nonzero(as_tuple=True)
         candidates = [(n, torch.ones_like(n, dtype=torch.bool), torch.zeros_like(n, dtype=torch.bool))]
         rows, order = [r], [1 + n]
     elif L.alexeyab and _f32(cfg.iou_thresh) < 1.0 and (V is None or V.extras == "darknet"):
@@ -473,7 +516,10 @@ def _assignments(L: _Layer, tr: _Truths) -> Assignments:
     seq = row * (total + 1) + sub
     perm = torch.argsort(seq, stable=True)
     row, anchor, is_extra = row[perm], anchor[perm], is_extra[perm]
-    return Assignments(b[row], t[row], slot_of[anchor], anchor, j[row], i[row], is_extra)
+    asg = Assignments(b[row], t[row], slot_of[anchor], anchor, j[row], i[row], is_extra)
+    if V is not None and V.neighbour_cells:
+        asg = with_neighbour_cells(asg, box.x[row], box.y[row], L.W, L.H)
+    return asg
 
 
 def _ratio_matches(L: _Layer, box: Boxes, slot_of: Tensor, k: float) -> tuple[Tensor, Tensor]:
@@ -562,7 +608,7 @@ def _any_class_above(o: Tensor, thresh: float) -> Tensor:
     return match
 
 
-def _ignored(L: _Layer, best_match: Tensor, best_iou: Tensor) -> Tensor:
+def _ignored(L: _Layer, best_match: Tensor, best_iou: Tensor, best_t: Tensor, tr: _Truths) -> Tensor:
     """Slots whose negative objectness is not written: darknet's test, or a variant's."""
     V = L.variant
     if V is None:
@@ -570,7 +616,20 @@ def _ignored(L: _Layer, best_match: Tensor, best_iou: Tensor) -> Tensor:
     if V.ignore == "none":
         return torch.zeros_like(best_iou, dtype=torch.bool)
     thresh = _f32(L.config.ignore_thresh if V.ignore_thresh is None else V.ignore_thresh)
+    if V.ignore == "own_class":     # the class test on the best truth's own class only
+        own = own_class_match(L.output[:, :, 5:], best_t, _written_class(L, tr.cls), _roles.CLASS_MATCH_THRESH)
+        best_match = torch.where(own, best_iou, torch.zeros_like(best_iou))
     return (best_iou if V.ignore == "no_class_match" else best_match) > thresh
+
+
+def _searched_truths(L: _Layer, plan: "_Plan") -> _Truths:
+    """The truths the ignore search runs over: every used one, or (a variant) those assigned on this layer."""
+    tr = plan.truths
+    if L.variant is None or L.variant.ignore_truths == "all":
+        return tr
+    assigned = torch.zeros_like(tr.valid)
+    assigned[plan.asg.b, plan.asg.t] = True
+    return dataclasses.replace(tr, valid=tr.valid & assigned)
 
 
 def _cell_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
@@ -585,7 +644,7 @@ def _cell_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
     if L.alexeyab:
         has_truth = tr.valid.any(dim=1).view(L.B, 1, 1, 1)
         obj = o[:, :, 4]
-        bad = ~torch.isfinite(obj) & has_truth
+        bad = ~torch.isfinite(obj) & has_truth if _guarded(L) else torch.zeros_like(obj, dtype=torch.bool)
         o[:, :, 4] = torch.where(bad, torch.zeros_like(obj), obj)
         L.roles |= bad.to(torch.int32) * _roles.ROLE_OBJ_NONFINITE
         class_match = _any_class_above(o, _roles.CLASS_MATCH_THRESH)
@@ -593,10 +652,10 @@ def _cell_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
         L.decisions.class_match, L.decisions.best_match_iou = class_match, best_match
         p = o[:, :, 4]
         obj_norm = _f32(cfg.obj_normalizer)
-        d_obj = obj_norm * (0 - p)
-        ignored = _ignored(L, best_match, best_iou)
+        d_obj = obj_norm * _obj_delta(L, 0, p)
+        ignored = _ignored(L, best_match, best_iou, best_t, tr)
         if cfg.objectness_smooth:
-            smoothed = obj_norm * (best_match - p)
+            smoothed = obj_norm * _obj_delta(L, best_match, p)
             kept = torch.where(smoothed > d_obj, smoothed, d_obj)
         else:
             kept = torch.zeros_like(d_obj)
@@ -605,8 +664,8 @@ def _cell_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
         L.roles |= blocked.to(torch.int32) * _roles.ROLE_CLASSMATCH_BLOCKED
     else:
         p = o[:, :, 4]
-        ignored = _ignored(L, best_iou, best_iou)
-        d[:, :, 4] = torch.where(ignored, torch.zeros_like(p), 0 - p)
+        ignored = _ignored(L, best_iou, best_iou, best_t, tr)
+        d[:, :, 4] = torch.where(ignored, torch.zeros_like(p), _obj_delta(L, 0, p))
         L.decisions.class_match = torch.ones_like(ignored)
         L.decisions.best_match_iou = best_iou
     L.roles |= ignored.to(torch.int32) * _roles.ROLE_IGNORED
@@ -636,12 +695,12 @@ def _cell_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
     cm = L.mult[cls] if (L.alexeyab and L.mult is not None) else torch.ones_like(iou)
     p_obj = o[b, a, 4, j, i]
     if L.alexeyab and cfg.objectness_smooth:
-        put(4, _f32(cfg.obj_normalizer) * (iou * iou - p_obj))
+        put(4, _f32(cfg.obj_normalizer) * _obj_delta(L, iou * iou, p_obj))
     elif L.alexeyab:
-        put(4, _f32(cfg.obj_normalizer) * (1 - p_obj))
+        put(4, _f32(cfg.obj_normalizer) * _obj_delta(L, 1, p_obj))
     else:
-        put(4, 1 - p_obj)
-    p_cls = o[b, a, 5:, j, i]                               # [N, C]
+        put(4, _obj_delta(L, 1, p_obj))
+    p_cls = _class_probs(L, b, a, j, i)                     # [N, C]
     new = _class_full(L, p_cls, d[b, a, 5:, j, i], cls)
     if L.alexeyab and cfg.objectness_smooth:
         p_c = p_cls.gather(1, cls[:, None])[:, 0]
@@ -685,12 +744,15 @@ def _truth_pass(L: _Layer, plan: _Plan, stats: dict[str, Tensor]) -> None:
         stats["tot_giou_loss"] = stats["tot_giou_loss"] + (1 - giou).sum()
         stats["total_bbox"] = stats["total_bbox"] + N
     p_obj = o[b, a, 4, j, i]
-    obj_target = cm * _f32(cfg.obj_normalizer) * (1 - p_obj) if L.alexeyab else 1 - p_obj
     V = L.variant
+    target = 1
     if V is not None and V.obj_target != "one":
         kind = cfg.iou_loss if (V.obj_target == "iou_kind" and cfg.iou_loss != "mse") else "iou"
         target = iou if kind == "iou" else box_iou_kind(pred, truth, kind).clamp(min=0)
-        obj_target = cm * _f32(cfg.obj_normalizer) * (target - p_obj) if L.alexeyab else target - p_obj
+    obj_target = _obj_delta(L, target, p_obj)
+    if L.alexeyab:
+        obj_target = cm * _f32(cfg.obj_normalizer) * obj_target
+    slot_iou = torch.full_like(d[:, :, 4], -float("inf")) if V is not None and V.box_writer == "max_iou" else None
 
     # Within a rank every slot is distinct and each slot's new row depends only on its own old row:
     # one gather of the rows, one scatter back (the same values as entry-by-entry writes).
@@ -705,14 +767,19 @@ def _truth_pass(L: _Layer, plan: _Plan, stats: dict[str, Tensor]) -> None:
             new_box = box_now + inc[k]
         else:
             new_box = inc[k]
-        if V is not None and V.box_writer != "darknet":
+        if slot_iou is not None:     # the box of the truth whose IoU with the prediction is highest (first on ties)
+            held = slot_iou[bk, ak, jk, ik]
+            take = (held == -float("inf")) | (iou[k] > held)
+            new_box = torch.where(take[:, None], inc[k], box_now)
+            slot_iou[bk, ak, jk, ik] = torch.where(take, iou[k], held)
+        elif V is not None and V.box_writer != "darknet":
             new_box = inc[k] if V.box_writer == "last" else torch.where(rewritten[:, None], box_now, inc[k])
         if L.alexeyab and cfg.objectness_smooth:
             current = row[:, 4]
             new_obj = torch.where(current == 0, obj_target[k], current)
         else:
             new_obj = obj_target[k]
-        p_cls = o[bk, ak, 5:, jk, ik]
+        p_cls = _class_probs(L, bk, ak, jk, ik)
         old = row[:, 5:]
         test_class = ck if L.alexeyab else torch.zeros_like(ck)
         shortcut = old.gather(1, test_class[:, None])[:, 0] != 0
@@ -723,7 +790,7 @@ def _truth_pass(L: _Layer, plan: _Plan, stats: dict[str, Tensor]) -> None:
         short_rows = old.scatter(1, ck[:, None], short_val[:, None])
         new_cls = torch.where(shortcut[:, None], short_rows, full)
         if V is not None and V.class_write == "sum":      # every truth's whole row added to the slot's
-            new_cls = torch.where(rewritten[:, None] | (old != 0).any(dim=1, keepdim=True), old + full, full)
+            new_cls = old + full
         d[bk, ak, :, jk, ik] = torch.cat([new_box, new_obj[:, None], new_cls], dim=1)
         _mark_where(L, bk, ak, jk, ik, shortcut, _roles.ROLE_CLASS_SHORTCUT)
 
@@ -732,6 +799,13 @@ def _positive_slots(L: _Layer) -> tuple[Tensor, ...]:
     """(b, a, j, i) of every slot a truth wrote box/class deltas on, each once, in memory order."""
     bits = _roles.ROLE_BEST_ANCHOR | _roles.ROLE_EXTRA_ANCHOR | _roles.ROLE_TRUTH_THRESH
     return ((L.roles & bits) != 0).nonzero(as_tuple=True)
+
+
+def _averaged_rows(L: _Layer) -> tuple[slice, ...]:
+    """The delta rows the averaging divides: the box rows (darknet), and the class rows for a variant."""
+    if L.variant is not None and L.variant.averaging_classes:
+        return slice(0, 4), slice(5, None)
+    return (slice(0, 4),)
 
 
 def _averaging_pass(L: _Layer) -> None:
@@ -755,8 +829,9 @@ def _averaging_pass(L: _Layer) -> None:
     divisor[b, a, j, i] = torch.where(divide, positive, torch.zeros_like(positive))
     L.roles[b, a, j, i] |= (has_obj & (positive > 1)).to(torch.int32) * _roles.ROLE_AVERAGED
     denom = torch.where(divide, positive, torch.ones_like(positive)).to(d.dtype)
-    box = d[b, a, 0:4, j, i]
-    d[b, a, 0:4, j, i] = torch.where(divide[:, None], box / denom[:, None], box)
+    for rows in _averaged_rows(L):
+        v = d[b, a, rows, j, i]
+        d[b, a, rows, j, i] = torch.where(divide[:, None], v / denom[:, None], v)
 
 
 def _averaging_dense(L: _Layer) -> None:
@@ -767,7 +842,8 @@ def _averaging_dense(L: _Layer) -> None:
     L.decisions.divisor = torch.where(divide, positive, torch.zeros_like(positive))
     L.roles |= (has_obj & (positive > 1)).to(torch.int32) * _roles.ROLE_AVERAGED
     denom = torch.where(divide, positive, torch.ones_like(positive)).to(d.dtype)
-    d[:, :, 0:4] = torch.where(divide[:, :, None], d[:, :, 0:4] / denom[:, :, None], d[:, :, 0:4])
+    for rows in _averaged_rows(L):
+        d[:, :, rows] = torch.where(divide[:, :, None], d[:, :, rows] / denom[:, :, None], d[:, :, rows])
 
 
 def _sequential_sum(values: np.ndarray) -> float:
@@ -938,6 +1014,7 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
         _to_device(torch.tensor(config.class_map[:C], dtype=torch.long), dev)
         if config.class_map is not None else None,
         variant=variant,
+        raw=x.view(B, n, E, H, W) if variant is not None else None,
     )
     zero = torch.zeros((), dtype=dtype, device=dev)
     izero = torch.zeros((), dtype=torch.long, device=dev)
@@ -945,7 +1022,7 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
                              "count_raw": izero, "rewritten_bbox": izero, "total_bbox": izero}
     _activate(L)
     plan = _plan(L, truth_cpu.to(dtype))
-    _cell_pass(L, plan.truths, stats)
+    _cell_pass(L, _searched_truths(L, plan), stats)
     _truth_pass(L, plan, stats)
     averaging = L.alexeyab and _f32(config.iou_thresh) < 1.0
     if variant is not None and variant.averaging != "darknet":

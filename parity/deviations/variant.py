@@ -29,16 +29,38 @@ CHOICES: dict[str, Any] = {
     "max_delta": ("cfg", "ignored"),
     "xy_logistic_grad": bool, "xy_scale_grad": bool,
     "obj_target": ("one", "iou", "iou_kind"),
-    "obj_loss": ("bce", "mse"),
+    "obj_loss": ("bce", "mse", "focal"),
+    "focal_gamma": float, "focal_alpha": (type(None), float),
     "obj_normalizer": ("cfg", "ignored"),
-    "ignore": ("darknet", "none", "no_class_match"),
+    "ignore": ("darknet", "none", "no_class_match", "own_class"),
+    "ignore_truths": ("all", "assigned"),
     "ignore_thresh": (type(None), float),
-    "assign": ("darknet", "best_in_mask", "ratio"),
+    "assign": ("darknet", "best_in_mask", "ratio", "every_above"),
     "ratio_k": float,
+    "assign_t": float,
+    "neighbour_cells": bool,
+    "assign_cap": (type(None), int),
     "extras": ("darknet", "none"),
-    "box_writer": ("darknet", "last", "first"),
+    "box_writer": ("darknet", "last", "first", "max_iou"),
     "class_write": ("darknet", "rewrite", "sum"),
     "averaging": ("darknet", "none", "always"),
+    "averaging_classes": bool,
+    "cls_loss": ("logistic", "softmax"),
+    "cls_smooth": ("darknet", "uniform"),
+    "cls_smooth_eps": (type(None), float),
+    "cls_multipliers": ("cfg", "ignored"),
+    "truth_terminator": ("darknet", "skip"),
+    "truth_max": ("cfg", "ignored"),
+    "truth_class": ("darknet", "clamped"),
+    "nonfinite": ("guarded", "propagates"),
+}
+
+# fitted parameters with a range: field -> (test, what the error names)
+RANGES: dict[str, tuple[Any, str]] = {
+    "focal_gamma": (lambda v: v >= 0, "a float >= 0"),
+    "focal_alpha": (lambda v: 0 <= v <= 1, "None or a float in [0, 1]"),
+    "cls_smooth_eps": (lambda v: 0 <= v <= 1, "None or a float in [0, 1]"),
+    "assign_cap": (lambda v: not isinstance(v, bool) and v >= 0, "None or an int >= 0"),
 }
 
 
@@ -66,20 +88,38 @@ class Variant:
     xy_scale_grad: bool = False     # scale_x_y multiplied into x, y
     # objectness
     obj_target: str = "one"
-    obj_loss: str = "bce"           # bce: darknet's target - p; mse: times p*(1 - p)
+    obj_loss: str = "bce"           # bce: darknet's target - p; mse: times p*(1 - p); focal: -d focal BCE / d logit
+    focal_gamma: float = 2.0        # obj_loss="focal" only: (1 - p_t)**gamma
+    focal_alpha: float | None = 0.25     # obj_loss="focal" only: alpha_t weighting (None: none)
     obj_normalizer: str = "cfg"
     # ignore
     ignore: str = "darknet"
     ignore_thresh: float | None = None   # None: the cfg's
+    ignore_truths: str = "all"      # the truths the best IoU is searched over: all | only those assigned here
     # assignment
     assign: str = "darknet"
     ratio_k: float = 4.0
+    assign_t: float = 0.2           # assign="every_above": anchor-shape IoU threshold
     extras: str = "darknet"
+    neighbour_cells: bool = False   # yolov5: also the 2 neighbour cells nearest the centre
+    assign_cap: int | None = None   # at most this many (used) truths per image are assigned
     # slots written twice
-    box_writer: str = "darknet"     # darknet: AlexeyAB accumulates, pjreddie keeps the last
-    class_write: str = "darknet"    # darknet: the "already set" shortcut; rewrite: the last truth's row; sum: every row added
+    box_writer: str = "darknet"     # darknet: AlexeyAB accumulates, pjreddie keeps the last; max_iou: best IoU's
+    class_write: str = "darknet"    # darknet: the "already set" shortcut; rewrite: the last truth's row; sum: every row
     # averaging over iou_thresh extras
     averaging: str = "darknet"
+    averaging_classes: bool = False     # the averaging pass divides the class deltas too
+    # classes
+    cls_loss: str = "logistic"      # softmax: onehot - softmax(logits) at the written rows
+    cls_smooth: str = "darknet"     # darknet: y*(1 - eps) + 0.5*eps; uniform: y*(1 - eps) + eps/classes
+    cls_smooth_eps: float | None = None  # None: the cfg's label_smooth_eps
+    cls_multipliers: str = "cfg"    # ignored: counters_per_class has no effect
+    # truth reading
+    truth_terminator: str = "darknet"    # skip: x == 0 rows are skipped, reading goes on
+    truth_max: str = "cfg"          # ignored: every row of the truth tensor is read
+    truth_class: str = "darknet"    # clamped: a finite class id outside [0, classes) is clamped, the truth kept
+    # non-finite
+    nonfinite: str = "guarded"      # propagates: no zeroing of NaN/Inf objectness, box or class deltas
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -92,8 +132,11 @@ class Variant:
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             else:
                 ok = isinstance(value, allowed)
+            expected = f"one of {allowed}"
+            if ok and value is not None and f.name in RANGES:
+                ok, expected = RANGES[f.name][0](value), RANGES[f.name][1]
             if not ok:
-                raise InputError(f"Variant.{f.name}={value!r}: expected one of {allowed}")
+                raise InputError(f"Variant.{f.name}={value!r}: expected {expected}")
 
     def changes(self) -> dict[str, Any]:
         """The switches that differ from darknet's values."""

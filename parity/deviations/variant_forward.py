@@ -3,11 +3,12 @@
 Three kinds of switches, each implemented once:
 
 * options a port ignores or replaces (``box_kind``, ``iou_normalizer``,
-  ``obj_normalizer``, ``max_delta``): darknet run with the option at the
-  value the port effectively uses (``configured``);
+  ``obj_normalizer``, ``max_delta``, ``cls_multipliers``): darknet run with
+  the option at the value the port effectively uses (``configured``);
 * decisions and per-write formulas (ignore, assignment, box gradient,
-  objectness target, writers, averaging): the port's own hooks
-  (``yolo_forward(..., variant=...)``);
+  objectness target and focal loss, writers, averaging, class loss and
+  smoothing, truth reading, non-finite guards): the port's own hooks
+  (``yolo_forward(..., variant=...)``, the larger ones in ``parity.torch_variant``);
 * factors on a finished term (the logistic's and ``scale_x_y``'s derivative
   in x, y, MSE objectness, reductions and weights): applied here to the
   port's delta, as the chain rule would (``rescale``).
@@ -31,7 +32,7 @@ from .variant import DARKNET, Variant
 __all__ = ["configured", "rescale", "variant_forward", "reduction_quantity"]
 
 # switches that only change an option's value (handled by ``configured``) or a finished term (``rescale``)
-OPTION_SWITCHES = ("box_kind", "iou_normalizer", "obj_normalizer", "max_delta")
+OPTION_SWITCHES = ("box_kind", "iou_normalizer", "obj_normalizer", "max_delta", "cls_multipliers")
 RESCALE_SWITCHES = ("xy_logistic_grad", "xy_scale_grad", "obj_loss", "reduce_box", "reduce_obj", "reduce_cls",
                     "weight_box", "weight_obj", "weight_cls", "heads")
 
@@ -47,12 +48,16 @@ def configured(config: YoloConfig, variant: Variant) -> YoloConfig:
         changes["obj_normalizer"] = 1.0
     if variant.max_delta == "ignored":
         changes["max_delta"] = FLT_MAX
+    if variant.cls_multipliers == "ignored":
+        changes["counters_per_class"] = None
     return dataclasses.replace(config, **changes) if changes else config
 
 
 def _hooked(variant: Variant) -> Variant | None:
     """The variant the port's hooks need to see (None when only options or factors change)."""
     neutral = {k: getattr(DARKNET, k) for k in OPTION_SWITCHES + RESCALE_SWITCHES}
+    if variant.obj_loss == "focal":     # a hook (the delta's formula), not a factor: rescale applies only mse
+        del neutral["obj_loss"]
     rest = dataclasses.replace(variant, **neutral)
     return None if rest.is_darknet else rest
 
