@@ -55,15 +55,22 @@ def plainest_in(lo: float, hi: float, *, closed_lo: bool, closed_hi: bool) -> fl
 
 @dataclass(frozen=True)
 class TermFactor:
-    """A term's fitted factor: ``weight / quantity`` where quantity is a known count (``reduction``)."""
+    """A term's fitted factor: ``weight / quantity`` (a known count), over the cfg's normalizer if ignored."""
 
     reduction: str = "sum"
     weight: float = 1.0
     factored: bool = True      # False: no known quantity and plain constant explain the per-case factors
+    normalizer_ignored: bool = False   # the cfg's iou_normalizer / obj_normalizer is left out
 
     @property
     def is_darknet(self) -> bool:
-        return self.reduction == "sum" and self.weight == 1.0
+        return self.reduction == "sum" and self.weight == 1.0 and not self.normalizer_ignored
+
+    def multiplier(self, quantities: dict[str, float]) -> float:
+        """The factor on darknet's term for a case with these counts (``"normalizer"``: the cfg's)."""
+        divisor = quantities.get(self.reduction, 1) * (quantities.get("normalizer", 1.0)
+                                                        if self.normalizer_ignored else 1.0)
+        return self.weight / divisor
 
 
 DARKNET_FACTOR = TermFactor()
@@ -77,37 +84,51 @@ def case_ratio(candidate: np.ndarray, model: np.ndarray) -> float | None:
     return float(np.median(candidate[use].astype(np.float64) / model[use].astype(np.float64)))
 
 
-def fit_factor(ratios: Sequence[float | None], quantities: Sequence[dict[str, int]]) -> TermFactor:
+def fit_factor(ratios: Sequence[float | None], quantities: Sequence[dict[str, float]]) -> TermFactor:
     """The reduction and plain weight that explain every case's factor ``ratio = weight / quantity``.
 
-    Candidates are every known quantity; one fits when ``ratio * quantity``
-    is the same constant in every case. Among fitting ones: weight exactly 1
-    first (a plain mean or sum), then a plain weight, then darknet's sum.
+    Candidates are every known quantity, with and without the cfg's
+    normalizer (``quantities[k]["normalizer"]``: a port that ignores it);
+    one fits when ``ratio * quantity`` is the same constant in every case.
+    Among fitting ones: weight exactly 1 first (a plain mean or sum), then a
+    plain weight; darknet's own normalizer before an ignored one; then the
+    order of ``FIT_REDUCTIONS``. When none fits, the closest one, unfactored.
     """
     pairs = [(r, q) for r, q in zip(ratios, quantities) if r is not None and math.isfinite(r) and r != 0]
     if not pairs:
         return DARKNET_FACTOR
-    best: tuple[tuple[int, int], TermFactor] | None = None
-    spreads: list[tuple[float, str, float]] = []
-    for rank, kind in enumerate(FIT_REDUCTIONS):
-        if any(kind not in q for _, q in pairs):
+    best: tuple[tuple[int, ...], TermFactor] | None = None
+    spreads: list[tuple[float, int, str, bool, float]] = []
+    normalizers = {q.get("normalizer", 1.0) for _, q in pairs}
+    for ignored in (False, True):
+        if ignored and normalizers == {1.0}:
             continue
-        weights = np.array([r * q[kind] for r, q in pairs], dtype=np.float64)
-        center = float(np.median(weights))
-        spread = float(np.max(np.abs(weights - center)) / abs(center))
-        spreads.append((spread, kind, center))
-        if spread > CONSISTENT_RTOL:
-            continue
-        snapped = plain(center)
-        if snapped is None:
-            continue
-        score = (0 if snapped == 1.0 else 1, rank)
-        if best is None or score < best[0]:
-            best = (score, TermFactor(kind, snapped))
+        for rank, kind in enumerate(FIT_REDUCTIONS):
+            if any(kind not in q for _, q in pairs):
+                continue
+            weights = np.array([r * q[kind] * (q.get("normalizer", 1.0) if ignored else 1.0) for r, q in pairs],
+                               dtype=np.float64)
+            center = float(np.median(weights))
+            spread = float(np.max(np.abs(weights - center)) / abs(center))
+            spreads.append((spread, rank, kind, ignored, center))
+            agree = np.abs(weights - center) <= CONSISTENT_RTOL * abs(center)
+            if agree.mean() < 0.5:      # most cases must agree (others may hold a deviation not yet found)
+                continue
+            snapped = plain(center)
+            if snapped is None:
+                continue
+            parts = int(kind != "sum") + int(ignored)
+            score = (int(not agree.all()), 0 if snapped == 1.0 else 1, parts, int(kind == "heads"), int(ignored),
+                     rank)
+            if best is None or score < best[0]:
+                best = (score, TermFactor(kind, snapped, normalizer_ignored=ignored))
     if best is not None:
         return best[1]
-    spread, kind, center = min(spreads)
-    return TermFactor(kind, center, factored=False)
+    spread, _, kind, ignored, center = min(spreads)
+    snapped = plain(center, rtol=1e-2)
+    if kind == "sum" and not ignored and snapped == 1.0:
+        return DARKNET_FACTOR
+    return TermFactor(kind, snapped if snapped is not None else center, factored=False, normalizer_ignored=ignored)
 
 
 def threshold_interval(values_kept: np.ndarray, values_cut: np.ndarray) -> tuple[float, float] | None:

@@ -50,7 +50,15 @@ __all__ = ["SearchCase", "Finding", "Explanation", "search"]
 # term groups that share one fitted factor, and the Variant fields that hold it
 GROUPS = (("box", slice(0, 4), "reduce_box", "weight_box"), ("obj", slice(4, 5), "reduce_obj", "weight_obj"),
           ("cls", slice(5, None), "reduce_cls", "weight_cls"))
-FACTOR_FIELDS = ("reduce_box", "reduce_obj", "reduce_cls", "weight_box", "weight_obj", "weight_cls", "heads")
+FACTOR_FIELDS = ("reduce_box", "reduce_obj", "reduce_cls", "weight_box", "weight_obj", "weight_cls", "heads",
+                 "iou_normalizer", "obj_normalizer")
+# deviations that are fitted as a term's factor, never tried one by one
+FACTOR_DEVIATIONS = frozenset({"term_weight", "iou_normalizer_ignored", "obj_normalizer_ignored"})
+# the cfg normalizer a port may leave out of each term group (None: the group has none)
+NORMALIZERS = {"box": "iou_normalizer", "obj": "obj_normalizer", "cls": None}
+# an element's distance from the candidate: the log of the ratio, capped; a zero/nonzero or sign difference
+# costs the cap (the greedy step ranks trials by the sum, so factors that fix no element alone still count)
+DISTANCE_CAP = 10.0
 # switches applied to a finished run (no forward pass of their own)
 CHAIN_FIELDS = ("xy_logistic_grad", "xy_scale_grad", "obj_loss")
 SCREEN_CASES = 6
@@ -128,10 +136,15 @@ class _Score:
     variant: Variant                       # with the fitted factors
     factors: dict[str, TermFactor]
     per_case: dict[int, np.ndarray]        # case index -> elements outside the rule per term (6)
+    distances: dict[int, float] = field(default_factory=dict)   # case index -> summed distance
 
     @property
     def total(self) -> int:
         return int(sum(int(c.sum()) for c in self.per_case.values()))
+
+    @property
+    def distance(self) -> float:
+        return float(sum(self.distances.values()))
 
     def terms(self) -> set[str]:
         out: set[str] = set()
@@ -189,18 +202,26 @@ class _Suite:
             run = rescale(run, torch.from_numpy(c.input), configured(c.config, chain), chain, c.flavor)
         return self._view(self.cases[i], run.delta.numpy())
 
-    def quantities(self, i: int, variant: Variant) -> dict[str, int]:
-        """The counts a term may be divided by, for case ``i`` under ``variant``'s decisions."""
+    def quantities(self, i: int, variant: Variant, group: str) -> dict[str, float]:
+        """The counts a term of ``group`` may be divided by, for case ``i`` under ``variant``'s decisions.
+
+        Also ``"normalizer"``: the cfg's normalizer of that term (a port may leave it out).
+        """
         c = self.cases[i].case
+        cfg = c.config
         B, _, H, W = c.input.shape
-        n = c.config.n
         asg = self.run(i, variant).decisions.assignments
         positives = max(1, len(asg)) if asg is not None else 1
-        out = {"sum": 1, "batch": B, "slots": B * n * H * W, "positives": positives,
-               "positives_classes": positives * c.config.classes}
+        out: dict[str, float] = {"sum": 1, "batch": B, "slots": B * cfg.n * H * W, "positives": positives,
+                                 "positives_classes": positives * cfg.classes}
         heads = c.meta.get("heads")
-        if isinstance(heads, int) and heads > 1:
+        if not isinstance(heads, int):
+            total = len(cfg.anchors) // 2
+            heads = total // cfg.n if cfg.n and total % cfg.n == 0 else 1
+        if heads > 1:
             out["heads"] = heads
+        name = NORMALIZERS[group]
+        out["normalizer"] = float(np.float32(getattr(cfg, name))) if name else 1.0
         return out
 
     def forget(self, keep: Iterable[Variant]) -> None:
@@ -209,23 +230,35 @@ class _Suite:
         self._runs = {k: v for k, v in self._runs.items() if k[1] in kept}
 
 
-def _outside(cand: np.ndarray, model: np.ndarray, rule: ToleranceRule) -> np.ndarray:
-    """Elements outside the rule, per term (x, y, w, h, obj, cls): a zero/nonzero difference or a value."""
+def _outside(cand: np.ndarray, model: np.ndarray, rule: ToleranceRule) -> tuple[np.ndarray, float]:
+    """Elements outside the rule per term (x, y, w, h, obj, cls), and their summed distance.
+
+    Outside: a zero/nonzero difference or a value beyond the rule (NaN
+    agrees with NaN, an infinity with itself).
+    """
     counts = np.zeros(len(TERMS), dtype=np.int64)
+    distance = 0.0
     for k, term in enumerate(TERMS):
         rows = slice(k, k + 1) if k < 5 else slice(5, None)
         c, m = cand[:, :, rows], model[:, :, rows]
         tol = rule.for_term(term)
         with np.errstate(invalid="ignore", over="ignore"):
-            c64, m64 = c.astype(np.float64), m.astype(np.float64)
-            close = (np.abs(c64 - m64) <= tol.atol + tol.rtol * np.abs(m64)) | (np.isnan(c64) & np.isnan(m64)) | (
-                np.isinf(m64) & (c64 == m64))
-        decision = (c == 0) != (m == 0)
-        counts[k] = int((decision | ~close).sum())
-    return counts
+            close = np.abs(c - m) <= np.float32(tol.atol) + np.float32(tol.rtol) * np.abs(m)
+        bad = ~close | ((c == 0) != (m == 0))
+        if not bad.any():
+            continue
+        cb, mb = c[bad].astype(np.float64), m[bad].astype(np.float64)
+        same = (np.isnan(cb) & np.isnan(mb)) | (np.isinf(mb) & (cb == mb))
+        cb, mb = cb[~same], mb[~same]
+        counts[k] = cb.size
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gap = np.abs(np.log(np.abs(cb)) - np.log(np.abs(mb)))
+        gap = np.where(np.isfinite(gap) & (np.sign(cb) == np.sign(mb)), np.minimum(gap, DISTANCE_CAP), DISTANCE_CAP)
+        distance += float(gap.sum())
+    return counts, distance
 
 
-def _apply(delta: np.ndarray, factors: dict[str, TermFactor], quantities: dict[str, int]) -> np.ndarray:
+def _apply(delta: np.ndarray, factors: dict[str, TermFactor], quantities: dict[str, dict[str, float]]) -> np.ndarray:
     out = delta
     for name, rows, _, _ in GROUPS:
         f = factors.get(name, DARKNET_FACTOR)
@@ -233,8 +266,7 @@ def _apply(delta: np.ndarray, factors: dict[str, TermFactor], quantities: dict[s
             continue
         if out is delta:
             out = delta.copy()
-        q = quantities.get(f.reduction, 1)
-        out[:, :, rows] = out[:, :, rows] * np.float32(f.weight / q)
+        out[:, :, rows] = out[:, :, rows] * np.float32(f.multiplier(quantities[name]))
     return out
 
 
@@ -243,28 +275,32 @@ def _evaluate(suite: _Suite, variant: Variant, idx: Sequence[int], *, fixed: dic
     """Elements outside the rule on ``idx`` under ``variant`` with per-term factors fitted (or ``fixed``)."""
     base = _without_factors(variant)
     chained = {i: suite.chained(i, base) for i in idx}
-    quantities = {i: suite.quantities(i, base) for i in idx}
+    quantities = {i: {name: suite.quantities(i, base, name) for name, *_ in GROUPS} for i in idx}
     factors = dict(fixed or {})
     for name, rows, _, _ in GROUPS:
         if name in factors:
             continue
         use = [i for i in (fit_on or idx) if i in chained]
         ratios = [case_ratio(suite.cand[i][:, :, rows], chained[i][:, :, rows]) for i in use]
-        factors[name] = fit_factor(ratios, [quantities[i] for i in use])
-    per_case = {i: _outside(suite.cand[i], _apply(chained[i], factors, quantities[i]), suite.cases[i].rule)
-                for i in idx}
-    return _Score(_with_factors(base, factors), factors, per_case)
+        factors[name] = fit_factor(ratios, [quantities[i][name] for i in use])
+    per_case, distances = {}, {}
+    for i in idx:
+        per_case[i], distances[i] = _outside(suite.cand[i], _apply(chained[i], factors, quantities[i]),
+                                             suite.cases[i].rule)
+    heads = int(quantities[idx[0]]["box"].get("heads", 1)) if idx else 1
+    return _Score(_with_factors(base, factors, heads), factors, per_case, distances)
 
 
-def _with_factors(variant: Variant, factors: dict[str, TermFactor]) -> Variant:
+def _with_factors(variant: Variant, factors: dict[str, TermFactor], heads: int = 1) -> Variant:
     changes: dict[str, Any] = {}
     for name, _, reduce_field, weight_field in GROUPS:
         f = factors.get(name, DARKNET_FACTOR)
         changes[reduce_field] = f.reduction
         changes[weight_field] = float(f.weight)
-    heads = {f.reduction for f in factors.values()} & {"heads"}
-    if heads:
-        changes["heads"] = 3
+        if f.normalizer_ignored and NORMALIZERS[name]:
+            changes[NORMALIZERS[name]] = "ignored"
+    if any(f.reduction == "heads" for f in factors.values()):
+        changes["heads"] = heads
     return dataclasses.replace(variant, **changes)
 
 
@@ -367,7 +403,36 @@ def _fit_ratio_k(suite: _Suite, variant: Variant, idx: Sequence[int]) -> float |
     return fit_ratio_limit(np.concatenate(inside), np.concatenate(outside))
 
 
-FITTERS: dict[str, Fitter] = {"ignore_thresh": _fit_ignore_thresh, "ratio_k": _fit_ratio_k}
+def _fit_assign_cap(suite: _Suite, variant: Variant, idx: Sequence[int]) -> int | None:
+    """The cap on truths per image that reproduces which truths the candidate writes at all."""
+    kept_max, dropped_min = -1, None
+    base = dataclasses.replace(variant, assign_cap=None)
+    for i in idx:
+        run = suite.run(i, base)
+        asg, used = run.decisions.assignments, run.decisions.truth_used
+        if asg is None or used is None or not len(asg):
+            continue
+        rank = np.cumsum(used.numpy().astype(np.int64), axis=1) - 1          # a truth's rank among used ones
+        written = (suite.cand[i][:, :, 0:4] != 0).any(axis=2)
+        b, t, a, j, ii = (v.numpy() for v in (asg.b, asg.t, asg.a, asg.j, asg.i))
+        hit = written[b, a, j, ii]
+        for bb, tt in set(zip(b.tolist(), t.tolist())):
+            mine = (b == bb) & (t == tt)
+            r = int(rank[bb, tt])
+            if hit[mine].all():
+                kept_max = max(kept_max, r)
+            elif not hit[mine].any():
+                dropped_min = r if dropped_min is None else min(dropped_min, r)
+    if dropped_min is None or kept_max >= dropped_min:
+        return None
+    return kept_max + 1
+
+
+FITTERS: dict[str, Fitter] = {"ignore_thresh": _fit_ignore_thresh, "ratio_k": _fit_ratio_k,
+                              "assign_cap": _fit_assign_cap}
+# Fitted parameters without a fitter: the values porters use, each tried.
+GRIDS: dict[str, tuple[Any, ...]] = {"assign_t": (0.2, 0.3, 0.5, 0.1), "focal_gamma": (2.0, 1.5, 1.0),
+                                     "focal_alpha": (0.25, None, 0.5), "cls_smooth_eps": (0.1, 0.05, 0.01, None)}
 
 
 def _relevant(dev: Deviation, switch: dict[str, Any], configs: Sequence[Any]) -> bool:
@@ -391,16 +456,23 @@ def _relevant(dev: Deviation, switch: dict[str, Any], configs: Sequence[Any]) ->
         return any_cfg(lambda c: c.iou_thresh < 1)
     if dev.id == "averaging_always":
         return any_cfg(lambda c: c.iou_thresh >= 1)
+    if dev.id == "cls_multipliers":
+        return any_cfg(lambda c: bool(getattr(c, "counters_per_class", None)))
+    if switch.get("obj_target") == "iou_kind":
+        return any_cfg(lambda c: c.iou_loss != "mse")
     if switch.get("ciou_alpha") == "detached":
         return any_cfg(lambda c: c.iou_loss == "ciou")
     return True
 
 
 def _options(dev: Deviation) -> list[dict[str, Any]]:
-    """The switch settings a deviation can take: each decision value of its parameters."""
+    """The switch settings a deviation can take: each decision value of its parameters, each grid value."""
     options = [dict(dev.switch or {})]
-    for name, how in dev.params.items():
+    for name in dev.params:
         allowed = CHOICES.get(name)
+        if name in GRIDS:
+            options = [{**o, name: v} for o in options for v in GRIDS[name]]
+            continue
         if not (isinstance(allowed, tuple) and all(isinstance(a, str) for a in allowed)):
             continue
         default = getattr(DARKNET, name)
@@ -428,39 +500,44 @@ def _companions(dev: Deviation, option: dict[str, Any], taken: set[str]) -> list
     return out
 
 
+def _settings(suite: _Suite, dev: Deviation, current: Variant, taken: set[str],
+              idx: Sequence[int]) -> list[dict[str, Any]]:
+    """Every setting of ``dev`` that can be added to ``current``: decisions enumerated, parameters fitted."""
+    configs = [suite.cases[i].case.config for i in idx]
+    out = []
+    for option in _options(dev):
+        if set(option) & taken or not _relevant(dev, option, configs):
+            continue
+        trial_variant = dataclasses.replace(current, **option)
+        fitted: dict[str, Any] = {}
+        for name in dev.params:
+            if name in FITTERS:
+                value = FITTERS[name](suite, trial_variant, idx)
+                if value is None:
+                    break
+                fitted[name] = value
+        else:
+            out.append({**option, **fitted})
+    return out
+
+
 def _trials(suite: _Suite, chosen: list[_Item], idx: Sequence[int], failing: set[str]) -> list[list[_Item]]:
     """Every way to add one deviation (with fitted parameters) to ``chosen``."""
     current = _compose(chosen)
     taken = set(current.changes())
     chosen_ids = {it.id for it in chosen}
-    configs = [suite.cases[i].case.config for i in idx]
     out: list[list[_Item]] = []
     for dev in executable():
-        if dev.family == "reduction" or dev.id in chosen_ids or not (set(dev.terms) & failing):
+        if (dev.family == "reduction" or dev.id in FACTOR_DEVIATIONS or dev.id in chosen_ids
+                or not (set(dev.terms) & failing)):
             continue
-        for option in _options(dev):
-            if set(option) & taken or not _relevant(dev, option, configs):
-                continue
-            trial_variant = dataclasses.replace(current, **option)
-            fitted = {}
-            for name in dev.params:
-                if name in FITTERS:
-                    value = FITTERS[name](suite, trial_variant, idx)
-                    if value is None:
-                        break
-                    fitted[name] = value
-            else:
-                option = {**option, **fitted}
-                out.append([_item(dev.id, option)])
-                out += [[_item(dev.id, option), companion] for companion in _companions(dev, option, taken)]
-                if option.get("ignore") not in (None, "none") and "ignore_thresh" not in taken:
-                    thresh = _fit_ignore_thresh(suite, dataclasses.replace(current, **option), idx)
-                    if thresh is not None:
-                        out.append([_item(dev.id, option), _item("ignore_threshold", {"ignore_thresh": thresh})])
-    if "ignore_thresh" not in taken and "ignore_threshold" not in chosen_ids and "obj" in failing:
-        thresh = _fit_ignore_thresh(suite, current, idx)
-        if thresh is not None:
-            out.append([_item("ignore_threshold", {"ignore_thresh": thresh})])
+        for option in _settings(suite, dev, current, taken, idx):
+            out.append([_item(dev.id, option)])
+            out += [[_item(dev.id, option), companion] for companion in _companions(dev, option, taken)]
+            if option.get("ignore") not in (None, "none") and "ignore_thresh" not in taken:
+                thresh = _fit_ignore_thresh(suite, dataclasses.replace(current, **option), idx)
+                if thresh is not None:
+                    out.append([_item(dev.id, option), _item("ignore_threshold", {"ignore_thresh": thresh})])
     return out
 
 
@@ -490,17 +567,28 @@ def _screen(suite: _Suite, baseline: dict[int, np.ndarray], limit: int) -> list[
     return sorted(chosen)
 
 
+def _better(new: _Score, old: _Score) -> bool:
+    """Fewer elements outside the rule, or as many and clearly closer (a factor that fixes nothing alone)."""
+    if new.total != old.total:
+        return new.total < old.total
+    return new.distance < old.distance * (1 - 1e-3)
+
+
 def _forward(suite: _Suite, chosen: list[_Item], idx: Sequence[int], score: _Score,
              budget: float) -> tuple[list[_Item], _Score]:
-    """Greedy: add the deviation that most reduces the elements outside the rule, while one does."""
+    """Greedy: add the deviation that brings the variant closest to the candidate, while one helps.
+
+    Trials are ranked by the summed distance (so each of several factors on
+    the same elements counts on its own), and kept only when they help.
+    """
     while score.total and time.perf_counter() < budget:
-        best: tuple[tuple[int, int, int], list[_Item], _Score] | None = None
+        best: tuple[tuple[float, int, int, int], list[_Item], _Score] | None = None
         for rank, trial in enumerate(_trials(suite, chosen, idx, score.terms())):
             s = _evaluate(suite, _compose(chosen + trial), idx)
-            key = (s.total, len(trial), rank)
+            key = (s.distance, s.total, len(trial), rank)
             if best is None or key < best[0]:
                 best = (key, trial, s)
-        if best is None or best[2].total >= score.total:
+        if best is None or not _better(best[2], score):
             break
         chosen = chosen + best[1]
         score = best[2]
@@ -522,6 +610,39 @@ def _backward(suite: _Suite, chosen: list[_Item], idx: Sequence[int], score: _Sc
     return chosen, score
 
 
+# Deviations that may stand in for one another (a greedy step can take the wrong one of a pair).
+SIBLINGS = ({"box_grad_exact", "box_grad_autograd"}, {"box_last_writer", "box_first_writer", "box_max_iou_writer"},
+            {"averaging_none", "averaging_always"}, {"class_rewrite", "class_sum"},
+            {"ignore_none", "ignore_no_class_match", "ignore_own_class"}, {"obj_mse", "obj_focal"},
+            {"assign_best_in_mask", "assign_ratio", "assign_every_above"})
+
+
+def _refine(suite: _Suite, chosen: list[_Item], idx: Sequence[int], score: _Score) -> tuple[list[_Item], _Score]:
+    """Swap a chosen deviation for another setting of it (or a sibling) where that reproduces more."""
+    improved = True
+    while improved and score.total:
+        improved = False
+        for it in list(chosen):
+            rest = [c for c in chosen if c is not it]
+            current = _compose(rest)
+            taken = set(current.changes())
+            names = set().union(*(g for g in SIBLINGS if it.id in g)) | {it.id}
+            for name in sorted(names):
+                for option in _settings(suite, BY_ID[name], current, taken, idx):
+                    swap = _item(name, option)
+                    if swap == it:
+                        continue
+                    s = _evaluate(suite, _compose(rest + [swap]), idx)
+                    if _better(s, score):
+                        chosen, score, improved = rest + [swap], s, True
+                        break
+                if improved:
+                    break
+            if improved:
+                break
+    return chosen, score
+
+
 def search(cases: Sequence[SearchCase], *, screen: int = SCREEN_CASES, rounds: int = ROUNDS,
            time_limit: float = 600.0) -> Explanation:
     """The smallest set of catalogue deviations (parameters fitted) that reproduces the candidate on ``cases``."""
@@ -533,7 +654,6 @@ def search(cases: Sequence[SearchCase], *, screen: int = SCREEN_CASES, rounds: i
         baseline = _evaluate(suite, DARKNET, everything, fixed={n: DARKNET_FACTOR for n, *_ in GROUPS})
         idx = _screen(suite, baseline.per_case, screen)
         chosen: list[_Item] = []
-        score = baseline
         final = baseline
         for _ in range(max(1, rounds)):
             if not idx:
@@ -541,7 +661,8 @@ def search(cases: Sequence[SearchCase], *, screen: int = SCREEN_CASES, rounds: i
             score = _evaluate(suite, _compose(chosen), idx)
             chosen, score = _forward(suite, chosen, idx, score, budget)
             chosen, score = _backward(suite, chosen, idx, score)
-            if score.total:     # elimination may have opened a better path
+            chosen, score = _refine(suite, chosen, idx, score)
+            if score.total:     # elimination and swaps may have opened a better path
                 chosen, score = _forward(suite, chosen, idx, score, budget)
                 chosen, score = _backward(suite, chosen, idx, score)
             structure = _compose(chosen)
@@ -570,15 +691,23 @@ def _findings(suite: _Suite, chosen: list[_Item], final: _Score, idx: Sequence[i
             continue
         fixed = dict(final.factors)
         fixed[name] = DARKNET_FACTOR
-        without = _evaluate(suite, structure, idx, fixed=fixed).total
-        accounts = max(0, without - base)
+        accounts = max(0, _evaluate(suite, structure, idx, fixed=fixed).total - base)
+        parts = []
+        if f.normalizer_ignored and NORMALIZERS[name]:
+            field_ = NORMALIZERS[name]
+            parts.append(Finding(f"{name if name == 'obj' else 'iou'}_normalizer_ignored", {field_: "ignored"}, 0,
+                                 BY_ID[f"{name if name == 'obj' else 'iou'}_normalizer_ignored"].port_does))
         if f.reduction != "sum":
-            found.append(Finding(f"{name}_mean_over_{f.reduction}", {reduce_field: f.reduction}, accounts,
-                                 _describe_factor(name, f)))
+            parts.append(Finding(f"{name}_mean_over_{f.reduction}", {reduce_field: f.reduction}, 0,
+                                 _describe_factor(name, dataclasses.replace(f, weight=1.0))))
         if f.weight != 1.0 or not f.factored:
-            found.append(Finding("term_weight", {weight_field: f.weight}, accounts if f.reduction == "sum" else 0,
-                                 _describe_factor(name, f) if f.reduction == "sum" else
-                                 f"multiplies the {name} term by {f.weight:g}"))
+            parts.append(Finding("term_weight", {weight_field: f.weight}, 0,
+                                 _describe_factor(name, dataclasses.replace(f, reduction="sum"))
+                                 if f.factored else _describe_factor(name, f)))
+        # the elements the whole factor accounts for, shared out among its parts
+        for k, part in enumerate(parts):
+            share = accounts // len(parts) + (1 if k < accounts % len(parts) else 0)
+            found.append(dataclasses.replace(part, accounts_for=share))
     _merge_weights(found)
     found.sort(key=lambda f: -f.accounts_for)
     return found
@@ -637,7 +766,8 @@ def _first_difference(suite: _Suite, score: _Score) -> str | None:
         if not counts.sum():
             continue
         base = _without_factors(score.variant)
-        model = _apply(suite.chained(i, base), score.factors, suite.quantities(i, base))
+        model = _apply(suite.chained(i, base), score.factors,
+                       {name: suite.quantities(i, base, name) for name, *_ in GROUPS})
         cand = suite.cand[i]
         rule = suite.cases[i].rule
         for k, term in enumerate(TERMS):
