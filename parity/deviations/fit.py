@@ -19,12 +19,14 @@ import numpy as np
 from .variant import REDUCTIONS
 
 # How far apart per-case factors may be and still be one constant (float32 sums and means drift ~1e-6).
-CONSISTENT_RTOL = 2e-3
+CONSISTENT_RTOL = 1e-3
+# How close a factor must be to a plain constant to be that constant (0.889 is not 0.89).
+PLAIN_RTOL = 1e-4
 # Quantities in the order they are preferred when several fit equally well ("sum" is darknet's).
 FIT_REDUCTIONS = tuple(q for q in REDUCTIONS)
 
 
-def plain(value: float, rtol: float = CONSISTENT_RTOL) -> float | None:
+def plain(value: float, rtol: float = PLAIN_RTOL) -> float | None:
     """``value`` as a constant with one or two significant digits (0.05, 0.5, 2, 1.5), or None."""
     if not math.isfinite(value) or value == 0:
         return None

@@ -62,7 +62,8 @@ DISTANCE_CAP = 10.0
 # switches applied to a finished run (no forward pass of their own)
 CHAIN_FIELDS = ("xy_logistic_grad", "xy_scale_grad", "obj_loss")
 SCREEN_CASES = 6
-ROUNDS = 3
+ROUNDS = 3          # validations on the whole suite (cases it misses join the screening set)
+PASSES = 4          # forward, backward and swap passes per round
 _POSITIVE = _roles.ROLE_BEST_ANCHOR | _roles.ROLE_EXTRA_ANCHOR | _roles.ROLE_TRUTH_THRESH
 
 
@@ -659,12 +660,13 @@ def search(cases: Sequence[SearchCase], *, screen: int = SCREEN_CASES, rounds: i
             if not idx:
                 break
             score = _evaluate(suite, _compose(chosen), idx)
-            chosen, score = _forward(suite, chosen, idx, score, budget)
-            chosen, score = _backward(suite, chosen, idx, score)
-            chosen, score = _refine(suite, chosen, idx, score)
-            if score.total:     # elimination and swaps may have opened a better path
+            for _ in range(PASSES):     # elimination and swaps may open a better path for the next step
+                before = (list(chosen), score.total)
                 chosen, score = _forward(suite, chosen, idx, score, budget)
                 chosen, score = _backward(suite, chosen, idx, score)
+                chosen, score = _refine(suite, chosen, idx, score)
+                if not score.total or (chosen, score.total) == before or time.perf_counter() >= budget:
+                    break
             structure = _compose(chosen)
             final = _necessary_factors(suite, structure, everything, _evaluate(suite, structure, everything))
             missed = [i for i in everything if final.per_case[i].sum() and i not in idx]

@@ -2,16 +2,19 @@
 
 Three kinds of switches, each implemented once:
 
-* options a port ignores or replaces (``box_kind``, ``iou_normalizer``,
-  ``obj_normalizer``, ``max_delta``, ``cls_multipliers``): darknet run with
-  the option at the value the port effectively uses (``configured``);
+* options a port ignores or replaces (``box_kind``, ``max_delta``,
+  ``cls_multipliers``): darknet run with the option at the value the port
+  effectively uses (``configured``);
 * decisions and per-write formulas (ignore, assignment, box gradient,
   objectness target and focal loss, writers, averaging, class loss and
   smoothing, truth reading, non-finite guards): the port's own hooks
   (``yolo_forward(..., variant=...)``, the larger ones in ``parity.torch_variant``);
 * factors on a finished term (the logistic's and ``scale_x_y``'s derivative
-  in x, y, MSE objectness, reductions and weights): applied here to the
-  port's delta, as the chain rule would (``rescale``).
+  in x, y, MSE objectness, a normalizer left out, reductions and weights):
+  applied here to the port's delta, as the chain rule would (``rescale``).
+  A port that leaves out ``iou_normalizer`` has the box term divided by it;
+  darknet's clip at ``max_delta`` stays where darknet has it (after the
+  normalizer), so a port that also never clips is a second deviation.
 
 ``Variant()`` gives darknet's run bit for bit. A rescaled run carries no
 stats (darknet's cost describes darknet's delta, not the port's).
@@ -32,9 +35,9 @@ from .variant import DARKNET, Variant
 __all__ = ["configured", "rescale", "variant_forward", "reduction_quantity"]
 
 # switches that only change an option's value (handled by ``configured``) or a finished term (``rescale``)
-OPTION_SWITCHES = ("box_kind", "iou_normalizer", "obj_normalizer", "max_delta", "cls_multipliers")
-RESCALE_SWITCHES = ("xy_logistic_grad", "xy_scale_grad", "obj_loss", "reduce_box", "reduce_obj", "reduce_cls",
-                    "weight_box", "weight_obj", "weight_cls", "heads")
+OPTION_SWITCHES = ("box_kind", "max_delta", "cls_multipliers")
+RESCALE_SWITCHES = ("xy_logistic_grad", "xy_scale_grad", "obj_loss", "iou_normalizer", "obj_normalizer",
+                    "reduce_box", "reduce_obj", "reduce_cls", "weight_box", "weight_obj", "weight_cls", "heads")
 
 
 def configured(config: YoloConfig, variant: Variant) -> YoloConfig:
@@ -42,10 +45,6 @@ def configured(config: YoloConfig, variant: Variant) -> YoloConfig:
     changes: dict[str, object] = {}
     if variant.box_kind != "cfg":
         changes["iou_loss"] = variant.box_kind
-    if variant.iou_normalizer == "ignored":
-        changes["iou_normalizer"] = 1.0
-    if variant.obj_normalizer == "ignored":
-        changes["obj_normalizer"] = 1.0
     if variant.max_delta == "ignored":
         changes["max_delta"] = FLT_MAX
     if variant.cls_multipliers == "ignored":
@@ -91,11 +90,15 @@ def rescale(run: LayerRun, raw: Tensor, config: YoloConfig, variant: Variant, fl
     if variant.obj_loss == "mse":
         p = run.output.view(B, n, E, H, W)[:, :, 4]
         delta[:, :, 4] = delta[:, :, 4] * (p * (1 - p))
-    for rows, kind, weight in ((slice(0, 4), variant.reduce_box, variant.weight_box),
-                               (slice(4, 5), variant.reduce_obj, variant.weight_obj),
-                               (slice(5, None), variant.reduce_cls, variant.weight_cls)):
-        if kind != "sum" or weight != 1.0:
-            delta[:, :, rows] = delta[:, :, rows] * (weight / reduction_quantity(kind, run, variant, config.classes))
+    alexeyab = flavor == "alexeyab"     # pjreddie has no normalizers to leave out
+    box_norm = float(np.float32(config.iou_normalizer)) if alexeyab and variant.iou_normalizer == "ignored" else 1.0
+    obj_norm = float(np.float32(config.obj_normalizer)) if alexeyab and variant.obj_normalizer == "ignored" else 1.0
+    for rows, kind, weight, norm in ((slice(0, 4), variant.reduce_box, variant.weight_box, box_norm),
+                                     (slice(4, 5), variant.reduce_obj, variant.weight_obj, obj_norm),
+                                     (slice(5, None), variant.reduce_cls, variant.weight_cls, 1.0)):
+        if kind != "sum" or weight != 1.0 or norm != 1.0:
+            quantity = reduction_quantity(kind, run, variant, config.classes) * norm
+            delta[:, :, rows] = delta[:, :, rows] * (weight / quantity)
     return LayerRun(run.output, delta.view(run.delta.shape), None, run.roles, run.decisions, dict(run.branches),
                     backend="variant")
 
