@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(false_named)} combination(s); search time {seconds:.0f} s ({seconds / max(1, args.count):.2f} s each)")
     if args.json:
         write_atomic(Path(args.json), json.dumps({"count": args.count, "exact": exact, "false_named": false_named,
-                                                  "outcomes": rows}, indent=1))
+                                                  "outcomes": rows}, indent=1).encode())
     return 0 if rate >= args.min_exact and not false_named else 1
 
 

@@ -579,17 +579,18 @@ def _forward(suite: _Suite, chosen: list[_Item], idx: Sequence[int], score: _Sco
              budget: float) -> tuple[list[_Item], _Score]:
     """Greedy: add the deviation that brings the variant closest to the candidate, while one helps.
 
-    Trials are ranked by the summed distance (so each of several factors on
-    the same elements counts on its own), and kept only when they help.
+    Among the trials that help (fewer elements outside the rule, or as many
+    and clearly closer), the one with the smallest summed distance wins, so
+    each of several factors on the same elements counts on its own.
     """
     while score.total and time.perf_counter() < budget:
         best: tuple[tuple[float, int, int, int], list[_Item], _Score] | None = None
         for rank, trial in enumerate(_trials(suite, chosen, idx, score.terms())):
             s = _evaluate(suite, _compose(chosen + trial), idx)
             key = (s.distance, s.total, len(trial), rank)
-            if best is None or key < best[0]:
+            if _better(s, score) and (best is None or key < best[0]):
                 best = (key, trial, s)
-        if best is None or not _better(best[2], score):
+        if best is None:
             break
         chosen = chosen + best[1]
         score = best[2]
