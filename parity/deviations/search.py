@@ -28,7 +28,9 @@ import dataclasses
 import math
 import time
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -62,6 +64,9 @@ DISTANCE_CAP = 10.0
 # switches applied to a finished run (no forward pass of their own)
 CHAIN_FIELDS = ("xy_logistic_grad", "xy_scale_grad", "obj_loss")
 SCREEN_CASES = 6
+RUN_CACHE_BYTES = 512 * 2**20     # cached runs the search keeps (oldest dropped first)
+PROXY_CASES = 2     # a greedy step first ranks every trial on the screening cases that differ most ...
+SHORTLIST = 8       # ... and runs only this many closest ones on every screening case
 ROUNDS = 3          # validations on the whole suite (cases it misses join the screening set)
 PASSES = 4          # forward, backward and swap passes per round
 _POSITIVE = _roles.ROLE_BEST_ANCHOR | _roles.ROLE_EXTRA_ANCHOR | _roles.ROLE_TRUTH_THRESH
@@ -154,11 +159,17 @@ class _Score:
         return out
 
 
+def _nbytes(run: LayerRun) -> int:
+    return sum(int(t.numel() * t.element_size()) for t in (run.delta, run.output) if t is not None)
+
+
+@lru_cache(maxsize=4096)
 def _structural(variant: Variant) -> Variant:
     neutral = {k: getattr(DARKNET, k) for k in FACTOR_FIELDS + CHAIN_FIELDS}
     return dataclasses.replace(variant, **neutral)
 
 
+@lru_cache(maxsize=4096)
 def _without_factors(variant: Variant) -> Variant:
     return dataclasses.replace(variant, **{k: getattr(DARKNET, k) for k in FACTOR_FIELDS})
 
@@ -169,7 +180,9 @@ class _Suite:
     def __init__(self, cases: Sequence[SearchCase]) -> None:
         self.cases = list(cases)
         self.cand = [self._view(c, np.asarray(c.candidate, dtype=np.float32)) for c in self.cases]
-        self._runs: dict[tuple[int, Variant], LayerRun] = {}
+        self._runs: OrderedDict[tuple[int, Variant], LayerRun] = OrderedDict()
+        self._held = 0          # bytes of the cached runs' deltas and outputs
+        self._features: frozenset[str] | None = None
         self.forwards = 0
 
     @staticmethod
@@ -182,7 +195,9 @@ class _Suite:
         """The structural run of case ``i`` (cached): decisions and per-write formulas, no factors."""
         key = (i, _structural(variant))
         got = self._runs.get(key)
-        if got is None:
+        if got is not None:
+            self._runs.move_to_end(key)
+        else:
             c = self.cases[i].case
             structural = key[1]
             cfg = configured(c.config, structural)
@@ -191,6 +206,10 @@ class _Suite:
                 got = yolo_forward(torch.from_numpy(c.input), torch.from_numpy(c.truth), cfg, c.flavor,
                                    variant=None if structural.is_darknet else structural)
             self._runs[key] = got
+            self._held += _nbytes(got)
+            while self._held > RUN_CACHE_BYTES and len(self._runs) > 1:
+                _, old = self._runs.popitem(last=False)
+                self._held -= _nbytes(old)
             self.forwards += 1
         return got
 
@@ -202,6 +221,28 @@ class _Suite:
         if any(getattr(chain, k) != getattr(DARKNET, k) for k in CHAIN_FIELDS):
             run = rescale(run, torch.from_numpy(c.input), configured(c.config, chain), chain, c.flavor)
         return self._view(self.cases[i], run.delta.numpy())
+
+    @property
+    def features(self) -> frozenset[str]:
+        """Input darknet treats specially that some case holds (a deviation about it is tried only then)."""
+        if self._features is None:
+            found = set()
+            for sc in self.cases:
+                c = sc.case
+                if not np.isfinite(c.input).all():
+                    found.add("nonfinite")
+                x = c.truth[..., 0]
+                limit = min(c.config.max_boxes, x.shape[1])
+                zero = np.cumsum(x[:, :limit] == 0, axis=1) > 0
+                if (zero & (x[:, :limit] != 0)).any():
+                    found.add("terminator")
+                if (x[:, limit:] != 0).any():
+                    found.add("past_max")
+                cls = c.truth[..., 4]
+                if ((x != 0) & ((cls < 0) | (cls >= c.config.classes))).any():
+                    found.add("class_oob")
+            self._features = frozenset(found)
+        return self._features
 
     def quantities(self, i: int, variant: Variant, group: str) -> dict[str, float]:
         """The counts a term of ``group`` may be divided by, for case ``i`` under ``variant``'s decisions.
@@ -225,10 +266,6 @@ class _Suite:
         out["normalizer"] = float(np.float32(getattr(cfg, name))) if name else 1.0
         return out
 
-    def forget(self, keep: Iterable[Variant]) -> None:
-        """Drop cached runs except those of ``keep`` (memory stays bounded over a long search)."""
-        kept = {_structural(v) for v in keep}
-        self._runs = {k: v for k, v in self._runs.items() if k[1] in kept}
 
 
 def _outside(cand: np.ndarray, model: np.ndarray, rule: ToleranceRule) -> tuple[np.ndarray, float]:
@@ -436,10 +473,18 @@ GRIDS: dict[str, tuple[Any, ...]] = {"assign_t": (0.2, 0.3, 0.5, 0.1), "focal_ga
                                      "focal_alpha": (0.25, None, 0.5), "cls_smooth_eps": (0.1, 0.05, 0.01, None)}
 
 
-def _relevant(dev: Deviation, switch: dict[str, Any], configs: Sequence[Any]) -> bool:
+# deviations about input only some cases hold -> the feature (``_Suite.features``)
+NEEDS_FEATURE = {"truth_after_terminator": "terminator", "truth_past_max": "past_max",
+                 "truth_class_out_of_range": "class_oob", "nonfinite_propagates": "nonfinite"}
+
+
+def _relevant(dev: Deviation, switch: dict[str, Any], configs: Sequence[Any],
+              features: frozenset[str] | None = None) -> bool:
     """False where the switch cannot change anything for these configs (saves a trial's forward passes)."""
     def any_cfg(test: Callable[[Any], bool]) -> bool:
         return any(test(c) for c in configs)
+    if features is not None and dev.id in NEEDS_FEATURE:
+        return NEEDS_FEATURE[dev.id] in features
     kind = switch.get("box_kind")
     if dev.id == "box_kind_other":
         return any_cfg(lambda c: c.iou_loss != kind)
@@ -454,6 +499,8 @@ def _relevant(dev: Deviation, switch: dict[str, Any], configs: Sequence[Any]) ->
     if dev.id == "xy_scale_derivative":
         return any_cfg(lambda c: c.scale_x_y != 1)
     if dev.id in ("averaging_none", "assign_no_extras"):
+        return any_cfg(lambda c: c.iou_thresh < 1)
+    if dev.id == "averaging_classes":
         return any_cfg(lambda c: c.iou_thresh < 1)
     if dev.id == "averaging_always":
         return any_cfg(lambda c: c.iou_thresh >= 1)
@@ -507,7 +554,7 @@ def _settings(suite: _Suite, dev: Deviation, current: Variant, taken: set[str],
     configs = [suite.cases[i].case.config for i in idx]
     out = []
     for option in _options(dev):
-        if set(option) & taken or not _relevant(dev, option, configs):
+        if set(option) & taken or not _relevant(dev, option, configs, suite.features):
             continue
         trial_variant = dataclasses.replace(current, **option)
         fitted: dict[str, Any] = {}
@@ -585,7 +632,8 @@ def _forward(suite: _Suite, chosen: list[_Item], idx: Sequence[int], score: _Sco
     """
     while score.total and time.perf_counter() < budget:
         best: tuple[tuple[float, int, int, int], list[_Item], _Score] | None = None
-        for rank, trial in enumerate(_trials(suite, chosen, idx, score.terms())):
+        trials = _shortlist(suite, chosen, _trials(suite, chosen, idx, score.terms()), score)
+        for rank, trial in enumerate(trials):
             s = _evaluate(suite, _compose(chosen + trial), idx)
             key = (s.distance, s.total, len(trial), rank)
             if _better(s, score) and (best is None or key < best[0]):
@@ -594,8 +642,20 @@ def _forward(suite: _Suite, chosen: list[_Item], idx: Sequence[int], score: _Sco
             break
         chosen = chosen + best[1]
         score = best[2]
-        suite.forget([_compose(chosen)])
     return chosen, score
+
+
+def _shortlist(suite: _Suite, chosen: list[_Item], trials: list[list[_Item]], score: _Score) -> list[list[_Item]]:
+    """The trials worth a run on every screening case: the closest ones on the two cases that differ most."""
+    if len(trials) <= SHORTLIST or len(score.per_case) <= PROXY_CASES:
+        return trials
+    proxy = sorted(score.per_case, key=lambda i: (-int(score.per_case[i].sum()), i))[:PROXY_CASES]
+    keyed = []
+    for rank, trial in enumerate(trials):
+        s = _evaluate(suite, _compose(chosen + trial), proxy)
+        keyed.append(((s.distance, s.total, rank), trial))
+    keyed.sort(key=lambda kt: kt[0])
+    return [t for _, t in keyed[:SHORTLIST]]
 
 
 def _backward(suite: _Suite, chosen: list[_Item], idx: Sequence[int], score: _Score) -> tuple[list[_Item], _Score]:
