@@ -89,7 +89,15 @@ def _atoms(config: Any) -> list[tuple[str, dict[str, Any]]]:
         elif dev.id in ("box_grad_exact", "box_grad_autograd") and config.iou_loss == "ciou":
             options = [{**switch, "ciou_alpha": a} for a in ("differentiated", "detached")]
         elif dev.id == "obj_target_iou":
-            options = [{"obj_target": v} for v in ("iou", "iou_kind")]
+            options = [{"obj_target": v} for v in ("iou", "iou_kind") if v == "iou" or config.iou_loss != "mse"]
+        elif dev.id == "assign_every_above":
+            options = [{**switch, "assign_t": t} for t in (0.2, 0.3, 0.5)]
+        elif dev.id == "assign_cap":
+            options = [{"assign_cap": c} for c in (2, 4, 8)]
+        elif dev.id == "obj_focal":
+            options = [{**switch, "focal_gamma": g, "focal_alpha": a} for g in (2.0, 1.5) for a in (0.25, None)]
+        elif dev.id == "cls_label_smoothing":
+            options = [{**switch, "cls_smooth_eps": e} for e in (0.1, 0.05)]
         else:
             options = [switch]
         atoms += [(dev.id, o) for o in options if _relevant(dev, o, [config])]

@@ -166,6 +166,8 @@ def _nbytes(run: LayerRun) -> int:
 @lru_cache(maxsize=4096)
 def _structural(variant: Variant) -> Variant:
     neutral = {k: getattr(DARKNET, k) for k in FACTOR_FIELDS + CHAIN_FIELDS}
+    if variant.obj_loss not in ("bce", "mse"):      # focal is a per-write formula, not a factor
+        del neutral["obj_loss"]
     return dataclasses.replace(variant, **neutral)
 
 
@@ -454,8 +456,12 @@ def _fit_assign_cap(suite: _Suite, variant: Variant, idx: Sequence[int]) -> int 
         written = (suite.cand[i][:, :, 0:4] != 0).any(axis=2)
         b, t, a, j, ii = (v.numpy() for v in (asg.b, asg.t, asg.a, asg.j, asg.i))
         hit = written[b, a, j, ii]
+        slot = ((b * suite.cases[i].case.config.n + a) * written.shape[2] + j) * written.shape[3] + ii
+        alone = np.bincount(slot)[slot] == 1         # a slot no other truth writes tells this truth's fate
         for bb, tt in set(zip(b.tolist(), t.tolist())):
-            mine = (b == bb) & (t == tt)
+            mine = (b == bb) & (t == tt) & alone
+            if not mine.any():
+                continue
             r = int(rank[bb, tt])
             if hit[mine].all():
                 kept_max = max(kept_max, r)
@@ -631,11 +637,11 @@ def _forward(suite: _Suite, chosen: list[_Item], idx: Sequence[int], score: _Sco
     each of several factors on the same elements counts on its own.
     """
     while score.total and time.perf_counter() < budget:
-        best: tuple[tuple[float, int, int, int], list[_Item], _Score] | None = None
+        best: tuple[tuple[float, int, int, int, int], list[_Item], _Score] | None = None
         trials = _shortlist(suite, chosen, _trials(suite, chosen, idx, score.terms()), score)
         for rank, trial in enumerate(trials):
             s = _evaluate(suite, _compose(chosen + trial), idx)
-            key = (s.distance, s.total, len(trial), rank)
+            key = (s.distance, s.total, len(trial), _fitted(trial), rank)
             if _better(s, score) and (best is None or key < best[0]):
                 best = (key, trial, s)
         if best is None:
@@ -643,6 +649,11 @@ def _forward(suite: _Suite, chosen: list[_Item], idx: Sequence[int], score: _Sco
         chosen = chosen + best[1]
         score = best[2]
     return chosen, score
+
+
+def _fitted(trial: list[_Item]) -> int:
+    """How many fitted parameters a trial holds (on a tie, the explanation with fewer wins)."""
+    return sum(1 for it in trial for name in it.fields if name in FITTERS)
 
 
 def _shortlist(suite: _Suite, chosen: list[_Item], trials: list[list[_Item]], score: _Score) -> list[list[_Item]]:
