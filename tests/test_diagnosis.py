@@ -10,6 +10,7 @@ import torch
 
 from parity.candidates import Candidate
 from parity.config import YoloConfig
+from parity.deviations.search import SearchCase, search
 from parity.generate import random_case
 from parity.reference import run_reference
 from parity.roles import (ROLE_BEST_ANCHOR, ROLE_CLASSMATCH_BLOCKED, ROLE_EXTRA_ANCHOR, ROLE_IGNORED,
@@ -26,18 +27,32 @@ def _delta(x, t, config, **kw):
     return run.delta, run
 
 
+class Named(set):
+    """The diagnosis's (term, cause) pairs; ``deviations``: the catalogue ids the explanation search names."""
+
+    def __init__(self, pairs, cases):
+        super().__init__(pairs)
+        self._cases = cases
+
+    @property
+    def deviations(self) -> set[str]:
+        return search(self._cases).ids
+
+
 def _diagnose(config: YoloConfig, fn, seeds=range(3), flavor="alexeyab", convention="delta"):
-    """Causes named over a few cases (a cause found in any case counts)."""
+    """Causes named over a few cases (a cause found in any case counts), and the cases for the search."""
     names: set[tuple[str, str]] = set()
+    cases = []
     failed = 0
     for seed in seeds:
         case = random_case(seed, config, flavor=flavor)
-        res = compare_case(case, RunOptions(), candidate=Candidate("wrong", fn, convention))
+        res = compare_case(case, RunOptions(search=True), candidate=Candidate("wrong", fn, convention))
+        cases.append(SearchCase(res.case, res.source, res.candidate_delta))
         if not res.passed:
             failed += 1
             names |= {(c["term"], c["cause"]) for c in res.causes}
     assert failed, "the wrong candidate must actually differ from darknet"
-    return names
+    return Named(names, cases)
 
 
 def _roles(x, t, config):
@@ -66,6 +81,7 @@ class TestValueCauses:
             return d
         names = _diagnose(config, fn)
         assert ("x", "normalizer") in names and ("w", "normalizer") in names
+        assert names.deviations == {"iou_normalizer_ignored"}
 
     def test_obj_normalizer_not_applied(self):
         config = YoloConfig(mask=(0, 1, 2), obj_normalizer=4.0, **V4)
@@ -74,7 +90,9 @@ class TestValueCauses:
             d, _ = _delta(x, t, c)
             _view(d, c)[:, :, 4] /= 4.0
             return d
-        assert ("obj", "normalizer") in _diagnose(config, fn)
+        names = _diagnose(config, fn)
+        assert ("obj", "normalizer") in names
+        assert names.deviations == {"obj_normalizer_ignored"}
 
     def test_box_scale_2_minus_wh_missing(self):
         config = YoloConfig(mask=(0, 1, 2), iou_loss="mse", **V4)
@@ -86,7 +104,9 @@ class TestValueCauses:
             tw, th = t[asg.b, asg.t, 2], t[asg.b, asg.t, 3]
             v[asg.b, asg.a, :4, asg.j, asg.i] /= (2 - tw * th)[:, None]
             return d
-        assert ("w", "box_scale") in _diagnose(config, fn)
+        names = _diagnose(config, fn)
+        assert ("w", "box_scale") in names
+        assert names.deviations == {"scale_2wh_missing"}
 
     def test_logistic_derivative_on_x_y(self):
         config = YoloConfig(mask=(0, 1, 2), iou_loss="mse", **V4)
@@ -98,6 +118,7 @@ class TestValueCauses:
             return d
         names = _diagnose(config, fn)
         assert ("x", "logistic_derivative") in names and ("y", "logistic_derivative") in names
+        assert names.deviations == {"xy_logistic_derivative"}
 
     def test_logistic_derivative_on_objectness(self):
         config = YoloConfig(mask=(0, 1, 2), **V4)
@@ -107,7 +128,9 @@ class TestValueCauses:
             p = torch.sigmoid(_view(x, c)[:, :, 4])
             _view(d, c)[:, :, 4] *= p * (1 - p)
             return d
-        assert ("obj", "logistic_derivative") in _diagnose(config, fn)
+        names = _diagnose(config, fn)
+        assert ("obj", "logistic_derivative") in names
+        assert names.deviations == {"obj_mse"}
 
     def test_scale_x_y_back_propagated(self):
         config = YoloConfig(mask=(0, 1, 2), iou_loss="mse", scale_x_y=2.0, **V4)
@@ -116,7 +139,9 @@ class TestValueCauses:
             d, _ = _delta(x, t, c)
             _view(d, c)[:, :, 0:2] *= 2.0
             return d
-        assert ("x", "scale_x_y") in _diagnose(config, fn)
+        names = _diagnose(config, fn)
+        assert ("x", "scale_x_y") in names
+        assert names.deviations == {"xy_scale_derivative"}
 
     def test_exp_tw_factor_missing(self):
         config = YoloConfig(mask=(0, 1, 2), iou_loss="ciou", **V4)
@@ -136,6 +161,8 @@ class TestValueCauses:
             return d
         names = _diagnose(config, fn)
         assert ("w", "iou_wh_factor") in names and ("h", "iou_wh_factor") in names
+        # (no search check: halving darknet's w, h everywhere is not the exact derivative, which is 0 where the
+        # boxes do not overlap and darknet's is not; tests/test_porters.py holds real exact-derivative losses)
 
     def test_naive_autograd_loss_is_explained(self):
         # The textbook loss: x, y carry sigmoid' (and the decoding), w, h the decoded box's exp(t)*anchor/net.
@@ -187,7 +214,9 @@ class TestDecisionCauses:
             blocked = (_roles(x, t, c) & ROLE_CLASSMATCH_BLOCKED) != 0
             _view(d, c)[:, :, 4][blocked & ((_roles(x, t, c) & (ROLE_BEST_ANCHOR | ROLE_EXTRA_ANCHOR)) == 0)] = 0
             return d
-        assert ("obj", "no_class_match") in _diagnose(config, fn, seeds=range(8))
+        names = _diagnose(config, fn, seeds=range(8))
+        assert ("obj", "no_class_match") in names
+        assert names.deviations == {"ignore_no_class_match"}
 
     def test_ignore_threshold_missing(self):
         config = YoloConfig(mask=(0, 1, 2), **V4)
@@ -200,12 +229,16 @@ class TestDecisionCauses:
                                                                    ROLE_TRUTH_THRESH)) == 0)
             _view(d, c)[:, :, 4][ignored] = -_view(out, c)[:, :, 4][ignored]
             return d
-        assert ("obj", "no_ignore") in _diagnose(config, fn, seeds=range(8))
+        names = _diagnose(config, fn, seeds=range(8))
+        assert ("obj", "no_ignore") in names
+        assert names.deviations == {"ignore_none"}
 
     def test_iou_thresh_assignment_missing(self):
         config = YoloConfig(mask=(0, 1, 2), iou_thresh=0.213, **V4)
         names = _diagnose(config, lambda x, t, c: _delta(x, t, c.replace(iou_thresh=1.0))[0], seeds=range(6))
         assert ("box", "no_iou_thresh") in names
+        # iou_thresh=1 also turns darknet's averaging off: two deviations
+        assert names.deviations == {"assign_no_extras", "averaging_none"}
 
     def test_best_anchor_within_mask(self):
         config = YoloConfig(mask=(3, 4, 5), **V4)
@@ -214,7 +247,9 @@ class TestDecisionCauses:
             anchors = tuple(v for m in c.mask for v in c.anchors[2 * m: 2 * m + 2])
             local = c.replace(num=c.n, mask=tuple(range(c.n)), anchors=anchors)
             return _delta(x, t, local)[0]
-        assert ("box", "anchor_within_mask") in _diagnose(config, within_mask, seeds=range(6))
+        names = _diagnose(config, within_mask, seeds=range(6))
+        assert ("box", "anchor_within_mask") in names
+        assert names.deviations == {"assign_best_in_mask"}
 
     def test_last_writer_instead_of_accumulate(self):
         config = YoloConfig(mask=(0, 1, 2), iou_loss="ciou", **V4)
@@ -240,6 +275,7 @@ class TestDecisionCauses:
             return d
         names = _diagnose(config, last_writer, seeds=range(12))
         assert any(cause == "last_writer" for _, cause in names)
+        assert names.deviations == {"box_last_writer"}
 
     def test_averaging_missing(self):
         config = YoloConfig(mask=(0, 1, 2), iou_thresh=0.213, label_smooth_eps=0.1, **V4)
@@ -251,7 +287,9 @@ class TestDecisionCauses:
             undo = (v[:, :, 4] != 0) & (count > 1)
             v[:, :, 0:4] = torch.where(undo[:, :, None], v[:, :, 0:4] * count[:, :, None], v[:, :, 0:4])
             return d
-        assert any(cause == "no_averaging" for _, cause in _diagnose(config, fn))
+        names = _diagnose(config, fn)
+        assert any(cause == "no_averaging" for _, cause in names)
+        assert names.deviations == {"averaging_none"}
 
 
 def test_a_correct_candidate_has_no_causes():
