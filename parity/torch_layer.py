@@ -619,7 +619,9 @@ def _ignored(L: _Layer, best_match: Tensor, best_iou: Tensor, best_t: Tensor, tr
     if V.ignore == "own_class":     # the class test on the best truth's own class only
         own = own_class_match(L.output[:, :, 5:], best_t, _written_class(L, tr.cls), _roles.CLASS_MATCH_THRESH)
         best_match = torch.where(own, best_iou, torch.zeros_like(best_iou))
-    return (best_iou if V.ignore == "no_class_match" else best_match) > thresh
+    seen = best_iou if V.ignore == "no_class_match" else best_match
+    L.decisions.best_match_iou = seen       # what this variant's threshold compares
+    return seen > thresh
 
 
 def _searched_truths(L: _Layer, plan: "_Plan") -> _Truths:

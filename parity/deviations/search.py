@@ -393,7 +393,7 @@ def _fit_ignore_thresh(suite: _Suite, variant: Variant, idx: Sequence[int]) -> f
     for i in idx:
         run = suite.run(i, base)
         d = run.decisions
-        iou = d.best_iou if base.ignore == "no_class_match" else d.best_match_iou
+        iou = d.best_match_iou          # what the variant's ignore threshold compares
         if iou is None:
             return None
         iou = iou.numpy()
