@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 DEBIAN_LIB := /usr/lib/darknet/libdarknet.so
 STAMP := .make/installed
 
-.PHONY: install build darknet-lib test parity bench fixtures fuzz fuzz-long sanitize clean
+.PHONY: install build darknet-lib test parity bench bench-search search-proof fixtures fuzz fuzz-long sanitize clean
 
 # Install the package (editable) with its test extras; torch is pinned in pyproject.
 $(STAMP): pyproject.toml
@@ -64,3 +64,12 @@ clean:
 AGAINST ?= HEAD~1
 bench: build
 	$(PYTHON) benchmarks/bench_yolov4.py --against $(AGAINST) --json benchmarks/baseline.json
+	$(PYTHON) benchmarks/bench_search.py
+
+# The explanation search's cost against the plain run it explains (120 cases, 5 deviations; goal <= 3x).
+bench-search: build
+	$(PYTHON) benchmarks/bench_search.py
+
+# The explanation search on 200 random combinations of catalogue switches (exact set >= 98%, no false names).
+search-proof: build
+	$(PYTHON) tools/search_proof.py --count 200 --json out/search-proof.json

@@ -459,10 +459,13 @@ def explanation_residual(explanation: Mapping[str, Any]) -> str:
     cases, reproduced = explanation["cases"], explanation["cases_reproduced"]
     elements, outside = explanation["elements"], explanation["elements_outside"]
     share = 100.0 * (1 - outside / elements) if elements else 100.0
+    digits = 2
+    while outside and round(share, digits) >= 100.0 and digits < 8:    # never print 100% of a residual
+        digits += 1
     subject = (f"after these {n} change{'s' if n != 1 else ''} darknet's semantics" if n
                else "darknet's semantics")
     where = f"all {cases} cases" if reproduced == cases else f"{reproduced} of {cases} cases"
-    text = f"{subject} reproduce your loss on {where}, {share:.2f}% of elements"
+    text = f"{subject} reproduce your loss on {where}, {share:.{digits}f}% of elements"
     if outside:
         remains = ", ".join(f"{term} {count}" for term, count in explanation.get("remains", {}).items())
         text += f"; what remains: {outside} element(s) ({remains}), first at {explanation.get('first')}"
