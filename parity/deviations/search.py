@@ -475,7 +475,7 @@ def _fit_assign_cap(suite: _Suite, variant: Variant, idx: Sequence[int]) -> int 
 FITTERS: dict[str, Fitter] = {"ignore_thresh": _fit_ignore_thresh, "ratio_k": _fit_ratio_k,
                               "assign_cap": _fit_assign_cap}
 # Fitted parameters without a fitter: the values porters use, each tried.
-GRIDS: dict[str, tuple[Any, ...]] = {"assign_t": (0.2, 0.3, 0.5, 0.1), "focal_gamma": (2.0, 1.5, 1.0),
+GRIDS: dict[str, tuple[Any, ...]] = {"ratio_k": (4.0, 3.0), "assign_t": (0.2, 0.3, 0.5, 0.1), "focal_gamma": (2.0, 1.5, 1.0),
                                      "focal_alpha": (0.25, None, 0.5), "cls_smooth_eps": (0.1, 0.05, 0.01, None)}
 
 
@@ -558,7 +558,7 @@ def _settings(suite: _Suite, dev: Deviation, current: Variant, taken: set[str],
               idx: Sequence[int]) -> list[dict[str, Any]]:
     """Every setting of ``dev`` that can be added to ``current``: decisions enumerated, parameters fitted."""
     configs = [suite.cases[i].case.config for i in idx]
-    out = []
+    out: list[dict[str, Any]] = []
     for option in _options(dev):
         if set(option) & taken or not _relevant(dev, option, configs, suite.features):
             continue
@@ -567,11 +567,14 @@ def _settings(suite: _Suite, dev: Deviation, current: Variant, taken: set[str],
         for name in dev.params:
             if name in FITTERS:
                 value = FITTERS[name](suite, trial_variant, idx)
-                if value is None:
+                if value is None and name not in GRIDS:
                     break
-                fitted[name] = value
+                if value is not None:       # else the grid's value stays (a fit other writes obscure)
+                    fitted[name] = value
         else:
-            out.append({**option, **fitted})
+            setting = {**option, **fitted}
+            if setting not in out:
+                out.append(setting)
     return out
 
 
