@@ -273,7 +273,8 @@ class DarknetParity:
               seed: int | None = None, convention: str | None = None, layout: str = "nchw",
               flavor: str | None = None, device: str = "cpu", tolerances: Any = None,
               finite_only: bool = False, framework: str | None = None, network: bool = False,
-              reference_build: str = "auto", backward: str = "cpu", loss_scale: float = 1.0) -> "SuiteResult":
+              reference_build: str = "auto", backward: str = "cpu", loss_scale: float = 1.0,
+              search: bool = True) -> "SuiteResult":
         """Compare ``fn`` with darknet's [yolo] layer; fail the test on any failing case.
 
         ``fn(input, truth, config)`` returns darknet's delta, a gradient or a
@@ -290,6 +291,9 @@ class DarknetParity:
         the callable's module) says which arrays ``fn`` takes. ``network=True``:
         ``fn(inputs, truth, configs)`` takes every head of a sample at once
         (lists), returning a scalar loss or one delta/gradient per head.
+        ``search`` (default on): a failing check's message leads with the
+        catalogue deviations under which darknet reproduces ``fn`` (the
+        explanation search), each with its fix.
         ``reference_build="ofast"`` holds ``fn`` to darknet's default
         -Ofast build: box deltas within the -Ofast bound of the tolerance file
         are reported as -Ofast drift, not failures ("o2" and the default
@@ -334,7 +338,8 @@ class DarknetParity:
         opts = RunOptions(candidate=candidate.name, convention=candidate.convention, layout=layout, device=device,
                           tolerances=tol_path, require_coverage=self._session.require_coverage,
                           finite_only=finite_only or self._session.finite_only, network=network,
-                          reference_build=reference_build, backward=backward, loss_scale=float(loss_scale))
+                          reference_build=reference_build, backward=backward, loss_scale=float(loss_scale),
+                          search=bool(search))
         result = run_suite(sweep, opts, candidate=candidate, rule=rule,
                            options={"source": source, "cases": count, "seed": seed})
         self.results.append(result)

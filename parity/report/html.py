@@ -75,7 +75,8 @@ def render_html(result: "SuiteResult", max_cases: int | None = MAX_CASES) -> str
     """The whole page as a string (what ``write_html`` writes)."""
     head = _el("head", children=[_el("meta", charset="utf-8"), _el("title", "darknet-parity report"),
                                  _el("style", CSS)])
-    body = _el("body", children=[_el("h1", "darknet-parity report"), *_summary(result), *_rule(result),
+    body = _el("body", children=[_el("h1", "darknet-parity report"), *_summary(result), *_search(result),
+                                 *_rule(result),
                                  *_term_role(result), *_coverage(result), *_failing(result, max_cases),
                                  *_skipped(result, max_cases), _verdict(result)])
     out = ["<!DOCTYPE html>\n"]
@@ -163,6 +164,24 @@ def _coverage(result: "SuiteResult") -> list[ET.Element]:
     for group, missing in result.missing_branches.items():
         parts.append(_el("p", f"{group}: enabled but never hit: {', '.join(missing)}", class_="error"))
     return parts
+
+
+def _search(result: "SuiteResult") -> list[ET.Element]:
+    """The explanation search, first: the changes that turn darknet into the candidate, with their fixes."""
+    search = getattr(result, "explanation", None)
+    if not search:
+        return []
+    items = []
+    for change in search["changes"]:
+        first, *rest = _view.explanation_change_lines(change)
+        snippet = [line.strip() for line in rest if line.startswith("    ")]
+        text = [line for line in rest if not line.startswith("    ")]
+        children = [_el("p", first), *(_el("p", line, class_="dim") for line in text)]
+        if snippet:
+            children.append(_el("pre", "\n".join(snippet)))
+        items.append(_el("li", children=children))
+    return [_el("h2", _view.explanation_headline(search)), _el("ol", children=items),
+            _el("p", _view.explanation_residual(search))]
 
 
 def _failing(result: "SuiteResult", max_cases: int | None) -> list[ET.Element]:
