@@ -180,7 +180,7 @@ def test_my_loss(darknet_parity):
         assert column in out
     assert "tiny.cfg#0/head0" in out and "tiny.cfg#1/head0" in out   # the case ids
     assert "first mismatches" in out and "reference " in out and "darknet: " in out
-    assert "the sign is flipped" in out and "cause sign" in out     # the diagnosis (the explanation)
+    assert "with this 1 change:" in out and "sign_flipped" in out    # the explanation search names it
     assert "MISMATCH: 2 of 2 cases failed" in out
     # the report section attached to the failing test, and the roll-up
     result.stdout.fnmatch_lines(["*- darknet-parity -*", "sign_flipped vs cfg tiny.cfg*2 failed*"])

@@ -78,6 +78,14 @@ CATALOGUE: tuple[Deviation, ...] = (
               "drop the extra weight, or move it into the cfg's normalizer for that term",
               {"weight_box": 0.5}, {"weight_box": "fitted per term, snapped to a plain constant",
                                     "weight_obj": "as weight_box", "weight_cls": "as weight_box"}),
+    Deviation("sign_flipped", "reduction",
+              "returns the gradient where darknet's delta is expected (or the reverse): every term has the "
+              "opposite sign",
+              "writes delta = -(d loss / d input): target minus prediction, the direction that lowers the loss",
+              "forward_yolo_layer (src/yolo_layer.c)",
+              "negate the result, or declare what it is (--convention grad / delta, convention= in check)",
+              {"weight_box": -1.0, "weight_obj": -1.0, "weight_cls": -1.0}, {},
+              "return -grad  # darknet's delta"),
     # ---- box gradient
     Deviation("box_grad_exact", "box_gradient",
               "differentiates its IoU-kind loss exactly with respect to x, y, w, h, so w and h come out at half "
@@ -370,7 +378,7 @@ CATALOGUE: tuple[Deviation, ...] = (
 
 # the terms each executable deviation can change (reductions set theirs where they are built)
 _TERMS = {
-    "term_weight": BOX, "box_grad_exact": BOX, "box_grad_autograd": BOX, "box_kind_other": BOX,
+    "term_weight": BOX, "sign_flipped": ALL, "box_grad_exact": BOX, "box_grad_autograd": BOX, "box_kind_other": BOX,
     "scale_2wh_missing": BOX, "scale_2wh_on_iou": BOX, "iou_normalizer_ignored": BOX, "max_delta_ignored": BOX,
     "xy_logistic_derivative": ("x", "y"), "xy_scale_derivative": ("x", "y"), "obj_target_iou": ("obj",),
     "obj_mse": ("obj",), "obj_normalizer_ignored": ("obj",), "ignore_none": ("obj",),

@@ -55,7 +55,7 @@ GROUPS = (("box", slice(0, 4), "reduce_box", "weight_box"), ("obj", slice(4, 5),
 FACTOR_FIELDS = ("reduce_box", "reduce_obj", "reduce_cls", "weight_box", "weight_obj", "weight_cls", "heads",
                  "iou_normalizer", "obj_normalizer")
 # deviations that are fitted as a term's factor, never tried one by one
-FACTOR_DEVIATIONS = frozenset({"term_weight", "iou_normalizer_ignored", "obj_normalizer_ignored"})
+FACTOR_DEVIATIONS = frozenset({"term_weight", "iou_normalizer_ignored", "obj_normalizer_ignored", "sign_flipped"})
 # the cfg normalizer a port may leave out of each term group (None: the group has none)
 NORMALIZERS = {"box": "iou_normalizer", "obj": "obj_normalizer", "cls": None}
 # an element's distance from the candidate: the log of the ratio, capped; a zero/nonzero or sign difference
@@ -386,6 +386,10 @@ def _compose(items: Iterable[_Item]) -> Variant:
 Fitter = Callable[[_Suite, Variant, Sequence[int]], "float | None"]
 
 
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
 def _fit_ignore_thresh(suite: _Suite, variant: Variant, idx: Sequence[int]) -> float | None:
     """The ignore threshold that reproduces which unassigned slots get a negative objectness."""
     kept, cut = [], []
@@ -402,7 +406,7 @@ def _fit_ignore_thresh(suite: _Suite, variant: Variant, idx: Sequence[int]) -> f
         finite = np.isfinite(obj)
         kept.append(iou[unassigned & finite & (obj != 0)])
         cut.append(iou[unassigned & finite & (obj == 0)])
-    value = fit_threshold(np.concatenate(kept), np.concatenate(cut), lower=0.0, upper=1.0)
+    value = fit_threshold(_joined(kept), _joined(cut), lower=0.0, upper=1.0)
     cfg_thresh = suite.cases[idx[0]].case.config.ignore_thresh
     if value is None or np.float32(value) == np.float32(cfg_thresh):
         return None
@@ -440,7 +444,7 @@ def _fit_ratio_k(suite: _Suite, variant: Variant, idx: Sequence[int]) -> float |
                 w = written[b, a, cj, ci]
                 inside.append(worst[w & ~shared, a])
                 outside.append(worst[~w, a])
-    return fit_ratio_limit(np.concatenate(inside), np.concatenate(outside))
+    return fit_ratio_limit(_joined(inside), _joined(outside))
 
 
 def _fit_assign_cap(suite: _Suite, variant: Variant, idx: Sequence[int]) -> int | None:
@@ -758,16 +762,27 @@ def _findings(suite: _Suite, chosen: list[_Item], final: _Score, idx: Sequence[i
     structure = _compose(chosen)
     found: list[Finding] = []
     base = _evaluate(suite, structure, idx, fixed=final.factors).total
+    fitted = {name: f for name, f in final.factors.items() if not f.is_darknet}
+    flipped = bool(fitted) and len(fitted) == len(GROUPS) and all(f.weight < 0 for f in fitted.values())
+    if flipped:     # one sign convention, not three negative weights
+        unsigned = {name: dataclasses.replace(f, weight=-f.weight) for name, f in final.factors.items()}
+        accounts = max(0, _evaluate(suite, structure, idx, fixed=unsigned).total - base)
+        found.append(Finding("sign_flipped", dict(BY_ID["sign_flipped"].switch or {}), accounts,
+                             BY_ID["sign_flipped"].port_does))
+    signed = final.factors
+    neutral = TermFactor(weight=-1.0) if flipped else DARKNET_FACTOR
     for it in chosen:
         rest = _compose([c for c in chosen if c is not it])
         without = _evaluate(suite, rest, idx, fixed=final.factors).total
         found.append(Finding(it.id, it.fields, max(0, without - base), _describe(it.id, it.fields)))
     for name, rows, reduce_field, weight_field in GROUPS:
-        f = final.factors.get(name, DARKNET_FACTOR)
+        f = signed.get(name, DARKNET_FACTOR)
+        if flipped:
+            f = dataclasses.replace(f, weight=-f.weight)
         if f.is_darknet:
             continue
-        fixed = dict(final.factors)
-        fixed[name] = DARKNET_FACTOR
+        fixed = dict(signed)
+        fixed[name] = neutral
         accounts = max(0, _evaluate(suite, structure, idx, fixed=fixed).total - base)
         parts = []
         if f.normalizer_ignored and NORMALIZERS[name]:

@@ -441,7 +441,7 @@ def explanation_headline(explanation: Mapping[str, Any]) -> str:
     n = len(explanation.get("changes", []))
     if not n:
         return "No catalogued deviation brings darknet's [yolo] layer closer to your loss."
-    return f"Your loss = darknet's [yolo] layer with these {n} change{'s' if n != 1 else ''}:"
+    return f"Your loss = darknet's [yolo] layer with {'these' if n != 1 else 'this'} {n} change{'s' if n != 1 else ''}:"
 
 
 def explanation_change_lines(change: Mapping[str, Any]) -> list[str]:
@@ -462,7 +462,7 @@ def explanation_residual(explanation: Mapping[str, Any]) -> str:
     digits = 2
     while outside and round(share, digits) >= 100.0 and digits < 8:    # never print 100% of a residual
         digits += 1
-    subject = (f"after these {n} change{'s' if n != 1 else ''} darknet's semantics" if n
+    subject = (f"after {'these' if n != 1 else 'this'} {n} change{'s' if n != 1 else ''} darknet's semantics" if n
                else "darknet's semantics")
     where = f"all {cases} cases" if reproduced == cases else f"{reproduced} of {cases} cases"
     text = f"{subject} reproduce your loss on {where}, {share:.{digits}f}% of elements"
