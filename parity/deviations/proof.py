@@ -25,7 +25,7 @@ from ..errors import DarknetInputWarning
 from ..generate import CaseFeatures, CaseShape, random_case
 from ..tolerance import within
 from .catalogue import BY_ID, executable
-from .search import Explanation, SearchCase, search, _relevant
+from .search import SIBLINGS, Explanation, SearchCase, options_of, relevant, search
 from .variant import Variant
 from .variant_forward import variant_forward
 
@@ -100,7 +100,7 @@ def _atoms(config: Any) -> list[tuple[str, dict[str, Any]]]:
             options = [{**switch, "cls_smooth_eps": e} for e in (0.1, 0.05)]
         else:
             options = [switch]
-        atoms += [(dev.id, o) for o in options if _relevant(dev, o, [config])]
+        atoms += [(dev.id, o) for o in options if relevant(dev, o, [config])]
     for term in ("box", "obj", "cls"):
         atoms += [(f"{term}_mean_over_{q}", {f"reduce_{term}": q}) for q in REDUCTIONS]
         atoms += [("term_weight", {f"weight_{term}": w}) for w in WEIGHTS
@@ -144,16 +144,33 @@ def _deltas(cases: Sequence[Case], variant: Variant) -> list[np.ndarray]:
     return [c.candidate for c in variant_cases(cases, variant)]
 
 
+def _same(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> bool:
+    return all(within(x, y).all() and ((x == 0) == (y == 0)).all() for x, y in zip(a, b))
+
+
 def observable(combination: Combination, cases: Sequence[Case]) -> bool:
-    """Every member changes the delta on the cases (under the rule) when the others stay."""
+    """The combination is the one answer the cases allow.
+
+    Every member changes the delta (under the rule) when the others stay, and
+    no member can be swapped for a sibling deviation (``search.SIBLINGS``)
+    with the same delta on these cases: an ignore that only looks at
+    assigned truths, on cases where no slot is then ignored, *is* no ignore.
+    """
     full = _deltas(cases, combination.variant)
-    darknet = _deltas(cases, Variant())
-    if all(within(a, b).all() and ((a == 0) == (b == 0)).all() for a, b in zip(full, darknet)):
+    if _same(full, _deltas(cases, Variant())):
         return False
-    for member in combination.ids:
-        rest = _deltas(cases, combination.without(member).variant)
-        if all(within(a, b).all() and ((a == 0) == (b == 0)).all() for a, b in zip(full, rest)):
+    for member, switch in combination.members:
+        rest = combination.without(member)
+        if _same(full, _deltas(cases, rest.variant)):
             return False
+        taken = set(rest.variant.changes())
+        for sibling in set().union(*(g for g in SIBLINGS if member in g)) - {member}:
+            for option in options_of(BY_ID[sibling]):
+                if set(option) & taken:
+                    continue
+                swapped = Combination(rest.members + ((sibling, tuple(sorted(option.items()))),))
+                if _same(full, _deltas(cases, swapped.variant)):
+                    return False
     return True
 
 
@@ -167,6 +184,8 @@ class Outcome:
         """The same deviations, the same decision-valued parameters, every element reproduced."""
         found, true = self.explanation.variant, self.combination.variant
         decisions = [f.name for f in dataclasses.fields(Variant) if isinstance(getattr(true, f.name), str)]
+        if true.box_kind not in ("cfg", "ciou"):     # CIoU's alpha means nothing for another box loss
+            decisions.remove("ciou_alpha")
         return (self.explanation.ids == self.combination.ids and self.explanation.exact
                 and all(getattr(found, k) == getattr(true, k) for k in decisions))
 

@@ -488,7 +488,7 @@ NEEDS_FEATURE = {"truth_after_terminator": "terminator", "truth_past_max": "past
                  "truth_class_out_of_range": "class_oob", "nonfinite_propagates": "nonfinite"}
 
 
-def _relevant(dev: Deviation, switch: dict[str, Any], configs: Sequence[Any],
+def relevant(dev: Deviation, switch: dict[str, Any], configs: Sequence[Any],
               features: frozenset[str] | None = None) -> bool:
     """False where the switch cannot change anything for these configs (saves a trial's forward passes)."""
     def any_cfg(test: Callable[[Any], bool]) -> bool:
@@ -523,7 +523,7 @@ def _relevant(dev: Deviation, switch: dict[str, Any], configs: Sequence[Any],
     return True
 
 
-def _options(dev: Deviation) -> list[dict[str, Any]]:
+def options_of(dev: Deviation) -> list[dict[str, Any]]:
     """The switch settings a deviation can take: each decision value of its parameters, each grid value."""
     options = [dict(dev.switch or {})]
     for name in dev.params:
@@ -549,7 +549,7 @@ def _companions(dev: Deviation, option: dict[str, Any], taken: set[str]) -> list
     out = []
     for other_id in COMPANIONS.get(dev.id, ()):
         other = BY_ID[other_id]
-        for other_option in _options(other):
+        for other_option in options_of(other):
             if set(other_option) & (taken | set(option)):
                 continue
             if other_option.get("ciou_alpha") == "detached" and option.get("box_kind") != "ciou":
@@ -563,8 +563,8 @@ def _settings(suite: _Suite, dev: Deviation, current: Variant, taken: set[str],
     """Every setting of ``dev`` that can be added to ``current``: decisions enumerated, parameters fitted."""
     configs = [suite.cases[i].case.config for i in idx]
     out: list[dict[str, Any]] = []
-    for option in _options(dev):
-        if set(option) & taken or not _relevant(dev, option, configs, suite.features):
+    for option in options_of(dev):
+        if set(option) & taken or not relevant(dev, option, configs, suite.features):
             continue
         trial_variant = dataclasses.replace(current, **option)
         fitted: dict[str, Any] = {}
@@ -693,7 +693,8 @@ def _backward(suite: _Suite, chosen: list[_Item], idx: Sequence[int], score: _Sc
 # Deviations that may stand in for one another (a greedy step can take the wrong one of a pair).
 SIBLINGS = ({"box_grad_exact", "box_grad_autograd"}, {"box_last_writer", "box_first_writer", "box_max_iou_writer"},
             {"averaging_none", "averaging_always"}, {"class_rewrite", "class_sum"},
-            {"ignore_none", "ignore_no_class_match", "ignore_own_class"}, {"obj_mse", "obj_focal"},
+            {"ignore_none", "ignore_no_class_match", "ignore_own_class", "ignore_assigned_only"},
+            {"obj_mse", "obj_focal"},
             {"assign_best_in_mask", "assign_ratio", "assign_every_above"})
 
 
