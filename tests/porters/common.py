@@ -77,40 +77,39 @@ def corners(x: Tensor, y: Tensor, w: Tensor, h: Tensor) -> tuple[Tensor, Tensor,
     return x - w / 2, y - h / 2, x + w / 2, y + h / 2
 
 
+def _overlap(a: tuple, b: tuple) -> tuple[Tensor, Tensor, tuple, tuple]:
+    """Intersection and union areas of centre/size boxes, and both boxes' corners."""
+    ca, cb = corners(*a), corners(*b)
+    iw = (torch.min(ca[2], cb[2]) - torch.max(ca[0], cb[0])).clamp(min=0)
+    ih = (torch.min(ca[3], cb[3]) - torch.max(ca[1], cb[1])).clamp(min=0)
+    inter = iw * ih
+    return inter, a[2] * a[3] + b[2] * b[3] - inter, ca, cb
+
+
+def _enclosing(ca: tuple, cb: tuple) -> tuple[Tensor, Tensor]:
+    """Width and height of the smallest box enclosing both (corners)."""
+    return torch.max(ca[2], cb[2]) - torch.min(ca[0], cb[0]), torch.max(ca[3], cb[3]) - torch.min(ca[1], cb[1])
+
+
 def iou_xywh(a: tuple, b: tuple) -> Tensor:
     """Plain IoU of centre/size boxes (broadcasting), 0 for disjoint boxes."""
-    ax1, ay1, ax2, ay2 = corners(*a)
-    bx1, by1, bx2, by2 = corners(*b)
-    iw = (torch.min(ax2, bx2) - torch.max(ax1, bx1)).clamp(min=0)
-    ih = (torch.min(ay2, by2) - torch.max(ay1, by1)).clamp(min=0)
-    inter = iw * ih
-    union = a[2] * a[3] + b[2] * b[3] - inter
+    inter, union, _, _ = _overlap(a, b)
     return inter / union
 
 
 def giou_xywh(a: tuple, b: tuple) -> Tensor:
     """Generalized IoU (Rezatofighi et al. 2019): IoU - (C - U) / C."""
-    ax1, ay1, ax2, ay2 = corners(*a)
-    bx1, by1, bx2, by2 = corners(*b)
-    iw = (torch.min(ax2, bx2) - torch.max(ax1, bx1)).clamp(min=0)
-    ih = (torch.min(ay2, by2) - torch.max(ay1, by1)).clamp(min=0)
-    inter = iw * ih
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    c_area = (torch.max(ax2, bx2) - torch.min(ax1, bx1)) * (torch.max(ay2, by2) - torch.min(ay1, by1))
+    inter, union, ca, cb = _overlap(a, b)
+    cw, ch = _enclosing(ca, cb)
+    c_area = cw * ch
     return inter / union - (c_area - union) / c_area
 
 
 def ciou_xywh(p: tuple, t: tuple, detach_alpha: bool = True, eps: float = 1e-7) -> Tensor:
     """Complete IoU (Zheng et al. 2020): IoU - rho^2/c^2 - alpha*v, v = 4/pi^2 (atan(wt/ht) - atan(wp/hp))^2."""
-    px1, py1, px2, py2 = corners(*p)
-    tx1, ty1, tx2, ty2 = corners(*t)
-    iw = (torch.min(px2, tx2) - torch.max(px1, tx1)).clamp(min=0)
-    ih = (torch.min(py2, ty2) - torch.max(py1, ty1)).clamp(min=0)
-    inter = iw * ih
-    union = p[2] * p[3] + t[2] * t[3] - inter
+    inter, union, cp, ct = _overlap(p, t)
     iou = inter / union
-    cw = torch.max(px2, tx2) - torch.min(px1, tx1)
-    ch = torch.max(py2, ty2) - torch.min(py1, ty1)
+    cw, ch = _enclosing(cp, ct)
     rho2 = (p[0] - t[0]) ** 2 + (p[1] - t[1]) ** 2
     v = (4 / math.pi ** 2) * (torch.atan(t[2] / t[3]) - torch.atan(p[2] / p[3])) ** 2
     if detach_alpha:
