@@ -25,7 +25,6 @@ applied to a cached run, so most trials cost no forward pass.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 import warnings
 from collections import OrderedDict
@@ -478,9 +477,10 @@ def _fit_assign_cap(suite: _Suite, variant: Variant, idx: Sequence[int]) -> int 
 
 FITTERS: dict[str, Fitter] = {"ignore_thresh": _fit_ignore_thresh, "ratio_k": _fit_ratio_k,
                               "assign_cap": _fit_assign_cap}
-# Fitted parameters without a fitter: the values porters use, each tried.
-GRIDS: dict[str, tuple[Any, ...]] = {"ratio_k": (4.0, 3.0), "assign_t": (0.2, 0.3, 0.5, 0.1), "focal_gamma": (2.0, 1.5, 1.0),
-                                     "focal_alpha": (0.25, None, 0.5), "cls_smooth_eps": (0.1, 0.05, 0.01, None)}
+# The values porters use, each tried: for parameters without a fitter, and where a fit fails.
+GRIDS: dict[str, tuple[Any, ...]] = {"ratio_k": (4.0, 3.0), "assign_t": (0.2, 0.3, 0.5, 0.1),
+                                     "focal_gamma": (2.0, 1.5, 1.0), "focal_alpha": (0.25, None, 0.5),
+                                     "cls_smooth_eps": (0.1, 0.05, 0.01, None)}
 
 
 # deviations about input only some cases hold -> the feature (``_Suite.features``)
