@@ -792,7 +792,8 @@ def _findings(suite: _Suite, chosen: list[_Item], final: _Score, idx: Sequence[i
                                  BY_ID[f"{name if name == 'obj' else 'iou'}_normalizer_ignored"].port_does))
         if f.reduction != "sum":
             parts.append(Finding(f"{name}_mean_over_{f.reduction}", {reduce_field: f.reduction}, 0,
-                                 _describe_factor(name, dataclasses.replace(f, weight=1.0))))
+                                 _describe_factor(name, dataclasses.replace(f, weight=1.0),
+                                                  _example(suite, structure, idx, name, f.reduction))))
         if f.weight != 1.0 or not f.factored:
             parts.append(Finding("term_weight", {weight_field: f.weight}, 0,
                                  _describe_factor(name, dataclasses.replace(f, reduction="sum"))
@@ -824,16 +825,25 @@ QUANTITY_WORDS = {"batch": "the batch size", "slots": "b*n*h*w (every slot)",
                   "heads": "the number of heads"}
 
 
-def _describe_factor(term: str, f: TermFactor) -> str:
+def _describe_factor(term: str, f: TermFactor, example: str = "") -> str:
+    """A fitted factor in words: the quantity it divides by (with an example count), the plain weight."""
     if not f.factored:
         return (f"scales the {term} term by a factor near {f.weight:.6g}/{f.reduction} that no known count "
                 f"(batch, slots, truth-anchor pairs, classes, heads) and plain constant explains in every case")
     parts = []
     if f.reduction != "sum":
-        parts.append(f"divides the {term} term by {QUANTITY_WORDS[f.reduction]} (a mean)")
+        parts.append(f"divides the {term} term by {QUANTITY_WORDS[f.reduction]} (a mean{example})")
     if f.weight != 1.0:
         parts.append(f"multiplies the {term} term by {f.weight:g}")
     return " and ".join(parts)
+
+
+def _example(suite: _Suite, structure: Variant, idx: Sequence[int], group: str, reduction: str) -> str:
+    """", 6144 in yolov4#3": the quantity's value in the first searched case."""
+    if not idx:
+        return ""
+    value = suite.quantities(idx[0], structure, group).get(reduction)
+    return f", {value:g} in {suite.cases[idx[0]].name}" if value is not None else ""
 
 
 def _describe(deviation_id: str, params: dict[str, Any]) -> str:
