@@ -153,3 +153,13 @@ def test_the_text_report_leads_with_the_changes_and_the_json_holds_them(tmp_path
     data = json.loads(out.read_text())
     changes = {c["id"] for c in data["explanation"]["changes"]}
     assert {"box_last_writer", "ignore_threshold"} <= changes, changes
+
+
+def test_no_search_leaves_the_explanation_out(tmp_path):
+    out = tmp_path / "run.json"
+    proc = subprocess.run([sys.executable, "-m", "parity.cli", "run", "--profile", "yolov3", "--cases", "3",
+                           "--candidate", "naive", "--finite-only", "--no-search", "--json", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Your loss = darknet's" not in proc.stdout
+    assert json.loads(out.read_text())["explanation"] is None
