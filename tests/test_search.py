@@ -163,3 +163,20 @@ def test_no_search_leaves_the_explanation_out(tmp_path):
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "Your loss = darknet's" not in proc.stdout
     assert json.loads(out.read_text())["explanation"] is None
+
+
+def test_the_box_gradient_fix_snippet_runs_and_gives_darknets_box_delta():
+    """The fix the report prints for an autograd box loss is code that works, not a sketch."""
+    from parity.cases import case_from_spec
+    from parity.deviations.catalogue import BY_ID
+    from parity.torch import yolo_forward
+    namespace = {"torch": torch}
+    exec(BY_ID["box_grad_autograd"].snippet, namespace)
+    case = case_from_spec("yolov3#2")
+    head = torch.tensor(case.input).requires_grad_(True)
+    truth = torch.tensor(case.truth)
+    namespace["DarknetBoxGrad"].apply(head, truth, case.config, (head ** 2).sum()).backward()
+    delta = yolo_forward(torch.tensor(case.input), truth, case.config).delta
+    B, _, H, W = delta.shape
+    grad, want = head.grad.view(B, case.config.n, -1, H, W), delta.view(B, case.config.n, -1, H, W)
+    assert torch.equal(grad[:, :, 0:4], -want[:, :, 0:4]) and not grad[:, :, 4:].any()

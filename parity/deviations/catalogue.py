@@ -96,7 +96,8 @@ CATALOGUE: tuple[Deviation, ...] = (
               "use darknet's gradient: parity.DarknetYoloLoss, or a custom autograd.Function whose backward "
               "returns dx_box_iou's partials (w, h doubled)",
               {"box_grad": "exact"}, {"ciou_alpha": "decision: 'differentiated' or 'detached'"},
-              "loss = parity.DarknetYoloLoss(cfg)(outputs, targets)  # backward gives -delta"),
+              "from parity.torch import DarknetYoloLoss\n"
+              "loss = DarknetYoloLoss('yolov4.cfg')(outputs, targets)  # backward leaves -delta in each head"),
     Deviation("box_grad_autograd", "box_gradient",
               "back-propagates its IoU-kind loss through the box decoding: 1/grid on x, y and the anchor over the "
               "network size times exp(tw) on w, h (and the exact, not darknet's, IoU derivative)",
@@ -106,9 +107,17 @@ CATALOGUE: tuple[Deviation, ...] = (
               "give the head darknet's delta instead of autograd's: parity.DarknetYoloLoss, or a custom "
               "autograd.Function for the box term",
               {"box_grad": "autograd"}, {"ciou_alpha": "decision: 'differentiated' or 'detached'"},
-              "class DarknetBox(torch.autograd.Function):\n"
-              "    @staticmethod\n    def backward(ctx, g):  # darknet's delta, not the chain rule\n"
-              "        return -g * ctx.delta, None"),
+              "from parity.torch import yolo_forward\n"
+              "class DarknetBoxGrad(torch.autograd.Function):  # your box loss's value, darknet's gradient\n"
+              "    @staticmethod\n"
+              "    def forward(ctx, head, truth, cfg, box_loss):\n"
+              "        b, _, h, w = head.shape\n"
+              "        d = yolo_forward(head.detach(), truth, cfg).delta.view(b, cfg.n, -1, h, w)\n"
+              "        keep = torch.zeros_like(d); keep[:, :, 0:4] = 1  # the x, y, w, h rows\n"
+              "        ctx.save_for_backward((d * keep).view_as(head)); return box_loss.detach()\n"
+              "    @staticmethod\n"
+              "    def backward(ctx, g):\n"
+              "        (delta,) = ctx.saved_tensors; return -g * delta, None, None, None"),
     Deviation("box_kind_other", "box_gradient",
               "uses another box loss than the cfg's iou_loss (CIoU where the cfg says mse, or any other pair)",
               "computes the box delta of the cfg's iou_loss: the MSE of tx, ty, tw, th, or dx_box_iou of "
