@@ -71,6 +71,9 @@ CATALOGUE: tuple[Deviation, ...] = (
                                                                                "pairs written"),
         ("heads", "the number of heads"))),
     _reduction("cls", "positives_classes", "positives x classes"),
+    *(_reduction(t, "positive_slots", "the number of distinct slots a truth writes (a mean over a masked "
+                                      "target tensor)") for t in ("box", "obj", "cls")),
+    _reduction("cls", "positive_slots_classes", "the written slots x classes"),
     Deviation("term_weight", "reduction", "multiplies a term by its own constant (a hyperparameter such as "
               "box=0.05, obj=1.0, cls=0.5)",
               "weights terms only by the cfg's iou_normalizer, obj_normalizer and cls_normalizer",

@@ -39,7 +39,7 @@ DENSE = CaseFeatures(nonfinite=0.0, shared_cell=0.45, class_oob=0.0, mid_termina
 THRESHOLDS = (0.5, 0.6, 0.3)
 RATIO_LIMITS = (4.0, 3.0)
 WEIGHTS = (0.5, 2.0, 0.05, 5.0)
-REDUCTIONS = ("batch", "slots", "positives")
+REDUCTIONS = ("batch", "slots", "positives", "positive_slots")
 
 
 @lru_cache(maxsize=None)

@@ -43,7 +43,7 @@ from ..tolerance import TERMS, ToleranceRule
 from .catalogue import BY_ID, Deviation, executable
 from .fit import DARKNET_FACTOR, TermFactor, case_ratio, fit_factor, fit_ratio_limit, fit_threshold
 from .variant import CHOICES, DARKNET, Variant
-from .variant_forward import configured, rescale
+from .variant_forward import configured, reduction_quantities, rescale
 from ..torch_layer import yolo_forward
 
 __all__ = ["SearchCase", "Finding", "Explanation", "search"]
@@ -252,17 +252,13 @@ class _Suite:
         """
         c = self.cases[i].case
         cfg = c.config
-        B, _, H, W = c.input.shape
-        asg = self.run(i, variant).decisions.assignments
-        positives = max(1, len(asg)) if asg is not None else 1
-        out: dict[str, float] = {"sum": 1, "batch": B, "slots": B * cfg.n * H * W, "positives": positives,
-                                 "positives_classes": positives * cfg.classes}
         heads = c.meta.get("heads")
         if not isinstance(heads, int):
             total = len(cfg.anchors) // 2
             heads = total // cfg.n if cfg.n and total % cfg.n == 0 else 1
-        if heads > 1:
-            out["heads"] = heads
+        out: dict[str, float] = dict(reduction_quantities(self.run(i, variant), cfg.classes, heads))
+        if heads <= 1:
+            del out["heads"]
         name = NORMALIZERS[group]
         out["normalizer"] = float(np.float32(getattr(cfg, name))) if name else 1.0
         return out
@@ -822,6 +818,8 @@ def _merge_weights(found: list[Finding]) -> None:
 
 QUANTITY_WORDS = {"batch": "the batch size", "slots": "b*n*h*w (every slot)",
                   "positives": "the number of truth-anchor pairs", "positives_classes": "truth-anchor pairs x classes",
+                  "positive_slots": "the number of slots a truth writes (a mean over a masked target tensor)",
+                  "positive_slots_classes": "written slots x classes",
                   "heads": "the number of heads"}
 
 

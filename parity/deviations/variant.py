@@ -15,7 +15,8 @@ from typing import Any
 from ..errors import InputError
 
 # Quantities a term's gradient may be divided by (a port's reduction), besides darknet's plain sum.
-REDUCTIONS = ("sum", "batch", "slots", "positives", "positives_classes", "heads")
+REDUCTIONS = ("sum", "batch", "slots", "positives", "positives_classes", "positive_slots", "positive_slots_classes",
+              "heads")
 
 # field -> allowed values (a tuple), or the type of a fitted parameter
 CHOICES: dict[str, Any] = {

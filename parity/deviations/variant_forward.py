@@ -61,13 +61,27 @@ def _hooked(variant: Variant) -> Variant | None:
     return None if rest.is_darknet else rest
 
 
-def reduction_quantity(kind: str, run: LayerRun, variant: Variant, classes: int) -> int:
-    """What a term's sum is divided by: batch, slots (b*n*h*w), positives (truth-anchor writes), ..."""
+def reduction_quantities(run: LayerRun, classes: int, heads: int = 1) -> dict[str, int]:
+    """Every count a port may divide a term's sum by (a mean), for one run's decisions.
+
+    batch; b*n*h*w slots; truth-anchor pairs written ("positives", as a loss
+    summed per pair and divided by their number); distinct slots written
+    ("positive_slots", as ``loss(pred[mask], target[mask])`` with a mean over
+    an in-place target tensor); each times classes; heads. Counts of zero are 1.
+    """
     B, _, H, W = run.delta.shape
     n = run.roles.shape[1]
-    positives = max(1, len(run.decisions.assignments)) if run.decisions and run.decisions.assignments else 1
-    return {"sum": 1, "batch": B, "slots": B * n * H * W, "positives": positives,
-            "positives_classes": positives * classes, "heads": variant.heads}[kind]
+    asg = run.decisions.assignments if run.decisions is not None else None
+    pairs = len(asg) if asg is not None else 0
+    slots = int(torch.unique(((asg.b * n + asg.a) * H + asg.j) * W + asg.i).numel()) if pairs else 0
+    pairs, slots = max(1, pairs), max(1, slots)
+    return {"sum": 1, "batch": B, "slots": B * n * H * W, "positives": pairs, "positives_classes": pairs * classes,
+            "positive_slots": slots, "positive_slots_classes": slots * classes, "heads": heads}
+
+
+def reduction_quantity(kind: str, run: LayerRun, variant: Variant, classes: int) -> int:
+    """What a term's sum is divided by under ``variant``'s reduction ``kind``."""
+    return reduction_quantities(run, classes, variant.heads)[kind]
 
 
 def rescale(run: LayerRun, raw: Tensor, config: YoloConfig, variant: Variant, flavor: str) -> LayerRun:
