@@ -27,8 +27,10 @@ darknet-lib:
 
 # PYTEST_ARGS: extra pytest arguments (.ci/run leaves out what make sanitize runs anyway).
 PYTEST_ARGS ?=
+# Two pytest workers (pytest-xdist): the tests are single-threaded, so on 2 cores this halves the wall time.
+TEST_WORKERS ?= 2
 test: build darknet-lib
-	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # The default suite: the C reference against real darknet (recordings, Debian's
 # library), then the PyTorch port against the reference over every profile,
