@@ -332,6 +332,8 @@ def _class_target(L: _Layer, onehot: Tensor) -> Tensor:
     A ``cls_smooth="uniform"`` variant: y*(1 - eps) + eps/classes in float (any flavor).
     """
     V = L.variant
+    if V is not None and V.cls_smooth == "none":      # the cfg's label_smooth_eps left out
+        return onehot
     if V is not None and V.cls_smooth == "uniform":
         eps = _f32(L.config.label_smooth_eps if V.cls_smooth_eps is None else V.cls_smooth_eps)
         return onehot * _f32(1 - eps) + _f32(eps / L.C)

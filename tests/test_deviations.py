@@ -39,10 +39,11 @@ def _config(profile: str):
     return case_from_spec(f"{profile}#0").config
 
 
-# entries whose branch only inputs the dense cases leave out reach: those features (or class multipliers)
+# entries whose branch only inputs the dense cases leave out reach: those features (or a cfg with class
+# multipliers or label smoothing)
 REACH = {"truth_after_terminator": (("mid_terminator", 1.0),), "truth_past_max": (("over_max", 1.0),),
          "truth_class_out_of_range": (("class_oob", 0.3),), "nonfinite_propagates": (("nonfinite", 1.0),),
-         "cls_multipliers": (("multipliers", 1.0),)}
+         "cls_multipliers": (("multipliers", 1.0),), "cls_label_smoothing_ignored": (("smoothing", 1.0),)}
 
 
 @lru_cache(maxsize=None)
@@ -54,6 +55,8 @@ def _cases(profile: str, count: int = 6, reach: tuple = ()):
     extra = dict(reach)
     if extra.pop("multipliers", None):
         config = dataclasses.replace(config, counters_per_class=tuple(10 * (1 + c % 5) for c in range(config.classes)))
+    if extra.pop("smoothing", None):
+        config = dataclasses.replace(config, label_smooth_eps=0.1)
     features = dataclasses.replace(FEATURES, **extra)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

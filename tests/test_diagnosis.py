@@ -183,6 +183,7 @@ class TestValueCauses:
         config = YoloConfig(mask=(0, 1, 2), label_smooth_eps=0.1, **V4)
         names = _diagnose(config, lambda x, t, c: _delta(x, t, c.replace(label_smooth_eps=0.0))[0])
         assert ("cls", "label_smoothing") in names
+        assert names.deviations == {"cls_label_smoothing_ignored"}
 
     def test_no_overlap_branch(self):
         config = YoloConfig(mask=(0, 1, 2), iou_loss="giou", **V4)

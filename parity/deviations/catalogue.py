@@ -353,6 +353,13 @@ CATALOGUE: tuple[Deviation, ...] = (
               {"cls_smooth": "uniform", "cls_smooth_eps": 0.1},
               {"cls_smooth_eps": "the eps that reproduces the class targets (an interval; None: the cfg's)"},
               "tcls = one_hot * (1 - eps) + 0.5 * eps  # not + eps / num_classes"),
+    Deviation("cls_label_smoothing_ignored", "classes",
+              "leaves out the cfg's label smoothing: class targets are plain one-hot",
+              "targets y*(1 - eps) + 0.5*eps with the cfg's label_smooth_eps",
+              "delta_yolo_class (src/yolo_layer.c)",
+              "smooth the class targets with the cfg's label_smooth_eps: y*(1 - eps) + 0.5*eps",
+              {"cls_smooth": "none"}, {},
+              "tcls = one_hot * (1 - eps) + 0.5 * eps  # eps = cfg's label_smooth_eps"),
     Deviation("cls_multipliers", "classes",
               "ignores the counters_per_class multipliers (every class weighs 1)",
               "multiplies the truth class's delta, box and objectness deltas by the class multiplier "
@@ -400,6 +407,7 @@ _TERMS = {
     "obj_focal": ("obj",), "ignore_own_class": ("obj",), "ignore_assigned_only": ALL,
     "assign_every_above": ALL, "assign_neighbour_cells": ALL, "assign_cap": ALL, "box_max_iou_writer": BOX,
     "averaging_classes": ("cls",), "cls_softmax": ("cls",), "cls_label_smoothing": BOX + ("cls",),
+    "cls_label_smoothing_ignored": BOX + ("cls",),
     "cls_multipliers": ALL, "truth_after_terminator": ALL, "truth_past_max": ALL, "truth_class_out_of_range": ALL,
     "nonfinite_propagates": ALL,
 }

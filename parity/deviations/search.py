@@ -510,6 +510,8 @@ def relevant(dev: Deviation, switch: dict[str, Any], configs: Sequence[Any],
         return any_cfg(lambda c: c.iou_thresh < 1)
     if dev.id == "averaging_always":
         return any_cfg(lambda c: c.iou_thresh >= 1)
+    if dev.id == "cls_label_smoothing_ignored":
+        return any_cfg(lambda c: bool(c.label_smooth_eps))
     if dev.id == "cls_multipliers":
         return any_cfg(lambda c: bool(getattr(c, "counters_per_class", None)))
     if switch.get("obj_target") == "iou_kind":
@@ -689,6 +691,7 @@ def _backward(suite: _Suite, chosen: list[_Item], idx: Sequence[int], score: _Sc
 # Deviations that may stand in for one another (a greedy step can take the wrong one of a pair).
 SIBLINGS = ({"box_grad_exact", "box_grad_autograd"}, {"box_last_writer", "box_first_writer", "box_max_iou_writer"},
             {"averaging_none", "averaging_always"}, {"class_rewrite", "class_sum"},
+            {"cls_label_smoothing", "cls_label_smoothing_ignored"},
             {"ignore_none", "ignore_no_class_match", "ignore_own_class", "ignore_assigned_only"},
             {"obj_mse", "obj_focal"},
             {"assign_best_in_mask", "assign_ratio", "assign_every_above"})

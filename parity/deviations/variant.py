@@ -47,7 +47,7 @@ CHOICES: dict[str, Any] = {
     "averaging": ("darknet", "none", "always"),
     "averaging_classes": bool,
     "cls_loss": ("logistic", "softmax"),
-    "cls_smooth": ("darknet", "uniform"),
+    "cls_smooth": ("darknet", "uniform", "none"),
     "cls_smooth_eps": (type(None), float),
     "cls_multipliers": ("cfg", "ignored"),
     "truth_terminator": ("darknet", "skip"),
@@ -112,7 +112,7 @@ class Variant:
     averaging_classes: bool = False     # the averaging pass divides the class deltas too
     # classes
     cls_loss: str = "logistic"      # softmax: onehot - softmax(logits) at the written rows
-    cls_smooth: str = "darknet"     # darknet: y*(1 - eps) + 0.5*eps; uniform: y*(1 - eps) + eps/classes
+    cls_smooth: str = "darknet"     # darknet: y*(1 - eps) + 0.5*eps; uniform: y*(1 - eps) + eps/classes; none
     cls_smooth_eps: float | None = None  # None: the cfg's label_smooth_eps
     cls_multipliers: str = "cfg"    # ignored: counters_per_class has no effect
     # truth reading
