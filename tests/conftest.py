@@ -1,13 +1,28 @@
 """Shared test plumbing: print the measured agreement maxima after the run."""
 from __future__ import annotations
 
+import pytest
 import torch
 
-from measured import MAXIMA
+from measured import MAXIMA, record
 
 # The suite's cases are small: a thread pool costs more than it saves on them (3x on 2 cores), and
 # results do not depend on the thread count (test_properties.test_results_do_not_depend_on_threads).
 torch.set_num_threads(1)
+
+
+def pytest_sessionfinish(session):
+    """In a pytest-xdist worker: hand this worker's maxima to the controller."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["parity_maxima"] = dict(MAXIMA)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """In the pytest-xdist controller: fold each worker's maxima into the summary's."""
+    for label, (max_abs, max_rel) in getattr(node, "workeroutput", {}).get("parity_maxima", {}).items():
+        record(label, max_abs, max_rel)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
