@@ -259,6 +259,8 @@ class _Suite:
         out: dict[str, float] = dict(reduction_quantities(self.run(i, variant), cfg.classes, heads))
         if heads <= 1:
             del out["heads"]
+        if group != "cls":      # a mean over classes is a class term's (the catalogue's reductions)
+            out = {k: v for k, v in out.items() if not k.endswith("_classes")}
         name = NORMALIZERS[group]
         out["normalizer"] = float(np.float32(getattr(cfg, name))) if name else 1.0
         return out
