@@ -175,9 +175,10 @@ def _compare_case(case: Case, opts: RunOptions, name: str | None, rule: Toleranc
         add_exact(result, exact.delta.numpy(), 5 + case.config.classes)
     result.meta = _plain(case.meta)
     result.meta["convention"] = out.convention
-    if opts.search:
-        result.candidate_delta = np.asarray(out.delta, dtype=np.float32)
+    if opts.search:     # a passing case's delta is darknet's: the search does not need it kept
         result.source = case
+        if not result.passed:
+            result.candidate_delta = np.asarray(out.delta, dtype=np.float32)
     result.meta["reference_build"] = rule.reference_build
     if not result.passed and opts.diagnose:
         result.causes = [dataclasses.asdict(c) for c in diagnose(case, reference, out.delta, facts, result)]
@@ -486,11 +487,12 @@ def explain(results: Sequence[CaseDiff], rule: ToleranceRule) -> dict[str, Any] 
     """The explanation search over every compared case, when some failed (``parity.deviations.search``).
 
     Every case that ran takes part (a deviation must also keep the passing
-    cases passing). The candidate's deltas are dropped afterwards.
+    cases passing; for those, darknet's delta stands for the candidate's,
+    which the run does not keep). The cases and deltas are dropped afterwards.
     """
     from .deviations.search import SearchCase, search
 
-    ran = [r for r in results if r.candidate_delta is not None and r.source is not None]
+    ran = [r for r in results if r.source is not None]
     threads = torch.get_num_threads()
     try:
         if not any(not r.passed for r in ran):

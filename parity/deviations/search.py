@@ -73,11 +73,16 @@ _POSITIVE = _roles.ROLE_BEST_ANCHOR | _roles.ROLE_EXTRA_ANCHOR | _roles.ROLE_TRU
 
 @dataclass(frozen=True)
 class SearchCase:
-    """One case and the candidate's delta on it (darknet's sign, the input's shape)."""
+    """One case and the candidate's delta on it (darknet's sign, the input's shape).
+
+    ``candidate`` None: the candidate agreed with darknet on this case (a
+    passing case of the run), so darknet's own delta stands for it and the
+    run need not keep it.
+    """
 
     name: str
     case: Case
-    candidate: np.ndarray
+    candidate: np.ndarray | None
     rule: ToleranceRule = ToleranceRule()
 
 
@@ -180,11 +185,12 @@ class _Suite:
 
     def __init__(self, cases: Sequence[SearchCase]) -> None:
         self.cases = list(cases)
-        self.cand = [self._view(c, np.asarray(c.candidate, dtype=np.float32)) for c in self.cases]
         self._runs: OrderedDict[tuple[int, Variant], LayerRun] = OrderedDict()
         self._held = 0          # bytes of the cached runs' deltas and outputs
         self._features: frozenset[str] | None = None
         self.forwards = 0
+        self.cand = [self._view(c, np.asarray(c.candidate, dtype=np.float32) if c.candidate is not None
+                                else self.run(i, DARKNET).delta.numpy()) for i, c in enumerate(self.cases)]
 
     @staticmethod
     def _view(c: SearchCase, delta: np.ndarray) -> np.ndarray:
@@ -860,7 +866,7 @@ def _explanation(suite: _Suite, findings: list[Finding], final: _Score, baseline
                  seconds: float) -> Explanation:
     remains = {t: int(sum(int(c[k]) for c in final.per_case.values())) for k, t in enumerate(TERMS)}
     reproduced = sum(1 for c in final.per_case.values() if not c.sum())
-    elements = sum(int(c.candidate.size) for c in suite.cases)
+    elements = sum(int(c.case.input.size) for c in suite.cases)
     first = _first_difference(suite, final) if final.total else None
     return Explanation(findings, final.variant, len(suite.cases), reproduced, elements, final.total, baseline.total,
                        {t: n for t, n in remains.items() if n}, first, seconds,
