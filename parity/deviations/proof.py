@@ -178,14 +178,23 @@ def observable(combination: Combination, cases: Sequence[Case]) -> bool:
 class Outcome:
     combination: Combination
     explanation: Explanation
+    iou_loss: str = "ciou"          # the cases' cfg box loss
 
     @property
     def exact(self) -> bool:
-        """The same deviations, the same decision-valued parameters, every element reproduced."""
+        """The same deviations, the same decision-valued parameters, every element reproduced.
+
+        Values that mean the same thing for the box loss in force are one
+        decision: CIoU's alpha for another loss, the IoU-kind objectness target
+        where the box loss is plain IoU or MSE.
+        """
         found, true = self.explanation.variant, self.combination.variant
         decisions = [f.name for f in dataclasses.fields(Variant) if isinstance(getattr(true, f.name), str)]
-        if true.box_kind not in ("cfg", "ciou"):     # CIoU's alpha means nothing for another box loss
+        kind = self.iou_loss if true.box_kind == "cfg" else true.box_kind
+        if kind != "ciou":
             decisions.remove("ciou_alpha")
+        if kind in ("iou", "mse") and {found.obj_target, true.obj_target} == {"iou", "iou_kind"}:
+            decisions.remove("obj_target")
         return (self.explanation.ids == self.combination.ids and self.explanation.exact
                 and all(getattr(found, k) == getattr(true, k) for k in decisions))
 
@@ -195,7 +204,7 @@ class Outcome:
 
 
 def check_combination(combination: Combination, cases: Sequence[Case]) -> Outcome:
-    return Outcome(combination, search(variant_cases(cases, combination.variant)))
+    return Outcome(combination, search(variant_cases(cases, combination.variant)), cases[0].config.iou_loss)
 
 
 def draw(rng: random.Random, profile: str, cases: Sequence[Case], max_size: int = 5) -> Combination:
