@@ -63,7 +63,7 @@ def _render_compact(result: "SuiteResult", console: Console, max_cases: int, max
     if search:
         console.print(_search_block(search))
     if failing:
-        if not (search and search["elements_outside"] == 0 and search["changes"]):
+        if not (search and search["changes"]):     # the search's residual line says what remains
             console.print(_explanation(result))
         console.print(_term_role_table(result, console.width, failing_only=True))
         console.print(_errors_block(result))
