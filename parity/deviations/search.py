@@ -39,7 +39,7 @@ from .. import roles as _roles
 from ..case import Case
 from ..errors import DarknetInputWarning
 from ..result import LayerRun
-from ..tolerance import TERMS, ToleranceRule
+from ..tolerance import TERMS, Tolerance, ToleranceRule
 from .catalogue import BY_ID, Deviation, executable
 from .fit import DARKNET_FACTOR, TermFactor, case_ratio, fit_factor, fit_ratio_limit, fit_threshold
 from .variant import CHOICES, DARKNET, Variant
@@ -273,26 +273,33 @@ class _Suite:
 
 
 
-def _outside(cand: np.ndarray, model: np.ndarray, rule: ToleranceRule) -> tuple[np.ndarray, float]:
-    """Elements outside the rule per term (x, y, w, h, obj, cls), and their summed distance.
+def _term_rows(k: int) -> slice:
+    return slice(k, k + 1) if k < 5 else slice(5, None)
 
-    Outside: a zero/nonzero difference or a value beyond the rule (NaN
-    agrees with NaN, an infinity with itself).
+
+def _outside_mask(cand: np.ndarray, model: np.ndarray, tol: Tolerance) -> np.ndarray:
+    """Elements outside the rule: a zero/nonzero difference or a value beyond ``tol`` (the one rule).
+
+    Only elements that differ are judged (NaN differs from itself; the rule
+    lets NaN agree with NaN and an infinity with itself).
     """
+    out = cand != model
+    if out.any():
+        c, m = cand[out], model[out]
+        out[out] = ~tol.within(c, m) | ((c == 0) != (m == 0))
+    return out
+
+
+def _outside(cand: np.ndarray, model: np.ndarray, rule: ToleranceRule) -> tuple[np.ndarray, float]:
+    """Elements outside the rule per term (x, y, w, h, obj, cls), and their summed distance."""
     counts = np.zeros(len(TERMS), dtype=np.int64)
     distance = 0.0
     for k, term in enumerate(TERMS):
-        rows = slice(k, k + 1) if k < 5 else slice(5, None)
-        c, m = cand[:, :, rows], model[:, :, rows]
-        tol = rule.for_term(term)
-        with np.errstate(invalid="ignore", over="ignore"):
-            close = np.abs(c - m) <= np.float32(tol.atol) + np.float32(tol.rtol) * np.abs(m)
-        bad = ~close | ((c == 0) != (m == 0))
+        c, m = cand[:, :, _term_rows(k)], model[:, :, _term_rows(k)]
+        bad = _outside_mask(c, m, rule.for_term(term))
         if not bad.any():
             continue
         cb, mb = c[bad].astype(np.float64), m[bad].astype(np.float64)
-        same = (np.isnan(cb) & np.isnan(mb)) | (np.isinf(mb) & (cb == mb))
-        cb, mb = cb[~same], mb[~same]
         counts[k] = cb.size
         with np.errstate(divide="ignore", invalid="ignore"):
             gap = np.abs(np.log(np.abs(cb)) - np.log(np.abs(mb)))
@@ -874,6 +881,7 @@ def _explanation(suite: _Suite, findings: list[Finding], final: _Score, baseline
 
 
 def _first_difference(suite: _Suite, score: _Score) -> str | None:
+    """Where the first element still outside the rule is, with both values."""
     for i, counts in score.per_case.items():
         if not counts.sum():
             continue
@@ -885,13 +893,8 @@ def _first_difference(suite: _Suite, score: _Score) -> str | None:
         for k, term in enumerate(TERMS):
             if not counts[k]:
                 continue
-            rows = slice(k, k + 1) if k < 5 else slice(5, None)
-            tol = rule.for_term(term)
-            c, m = cand[:, :, rows].astype(np.float64), model[:, :, rows].astype(np.float64)
-            with np.errstate(invalid="ignore"):
-                bad = ((c == 0) != (m == 0)) | ~((np.abs(c - m) <= tol.atol + tol.rtol * np.abs(m)) |
-                                                 (np.isnan(c) & np.isnan(m)))
-            b, a, e, j, ii = (int(v[0]) for v in np.nonzero(bad))
+            c, m = cand[:, :, _term_rows(k)], model[:, :, _term_rows(k)]
+            b, a, e, j, ii = (int(v[0]) for v in np.nonzero(_outside_mask(c, m, rule.for_term(term))))
             entry = k if k < 5 else 5 + e
             return (f"{suite.cases[i].name}: {term} at image {b}, anchor {a}, cell (j={j}, i={ii}): yours "
                     f"{c[b, a, e, j, ii]:.6g}, the variant's {m[b, a, e, j, ii]:.6g}"
