@@ -83,7 +83,8 @@ def test_this_projects_own_port_gets_no_deviation():
     assert found.findings == [] and found.exact and found.outside_before == 0
 
 
-def test_a_passing_run_has_no_explanation_and_a_failing_one_has_it():
+def test_a_passing_run_has_no_explanation_and_a_failing_one_has_it_in_every_report():
+    from parity.report.html import render_html
     refs = suite_refs(["yolov3"], [], [], 2, 0)
     passing = run_suite(refs, RunOptions(search=True))
     assert passing.passed and passing.explanation is None
@@ -92,6 +93,9 @@ def test_a_passing_run_has_no_explanation_and_a_failing_one_has_it():
     changes = {c["id"] for c in failing.explanation["changes"]}
     assert "xy_logistic_derivative" in changes, changes
     assert all(c.candidate_delta is None for c in failing.cases)     # the deltas are not kept
+    page = render_html(failing)
+    assert page.index("layer with these") < page.index("Failing cases") and all(c in page for c in changes)
+    assert json.loads(json.dumps(failing.to_json(), default=float))["explanation"]["changes"]
 
 
 def test_an_explanation_that_does_not_reproduce_everything_says_what_remains():
