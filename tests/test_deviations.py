@@ -40,10 +40,11 @@ def _config(profile: str):
 
 
 # entries whose branch only inputs the dense cases leave out reach: those features (or a cfg with class
-# multipliers or label smoothing)
+# multipliers, label smoothing, objectness_smooth or focal_loss)
 REACH = {"truth_after_terminator": (("mid_terminator", 1.0),), "truth_past_max": (("over_max", 1.0),),
          "truth_class_out_of_range": (("class_oob", 0.3),), "nonfinite_propagates": (("nonfinite", 1.0),),
-         "cls_multipliers": (("multipliers", 1.0),), "cls_label_smoothing_ignored": (("smoothing", 1.0),)}
+         "cls_multipliers": (("multipliers", 1.0),), "cls_label_smoothing_ignored": (("smoothing", 1.0),),
+         "objectness_smooth_ignored": (("objectness_smooth", 1.0),), "cls_focal_ignored": (("focal", 1.0),)}
 
 
 @lru_cache(maxsize=None)
@@ -57,6 +58,10 @@ def _cases(profile: str, count: int = 6, reach: tuple = ()):
         config = dataclasses.replace(config, counters_per_class=tuple(10 * (1 + c % 5) for c in range(config.classes)))
     if extra.pop("smoothing", None):
         config = dataclasses.replace(config, label_smooth_eps=0.1)
+    if extra.pop("objectness_smooth", None):
+        config = dataclasses.replace(config, objectness_smooth=1)
+    if extra.pop("focal", None):
+        config = dataclasses.replace(config, focal_loss=1)
     features = dataclasses.replace(FEATURES, **extra)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

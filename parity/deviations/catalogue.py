@@ -191,6 +191,13 @@ CATALOGUE: tuple[Deviation, ...] = (
               "forward_yolo_layer (src/yolo_layer.c)",
               "multiply the objectness loss by the cfg's obj_normalizer",
               {"obj_normalizer": "ignored"}),
+    Deviation("objectness_smooth_ignored", "objectness",
+              "leaves out the cfg's objectness_smooth: positives target 1 and negatives 0, whatever the IoU",
+              "with objectness_smooth=1 targets the IoU squared at positives and keeps the larger of the "
+              "smoothed and the plain negative delta where a slot is ignored",
+              "forward_yolo_layer (src/yolo_layer.c)",
+              "use the cfg's objectness_smooth targets (IoU-based), or set objectness_smooth=0 in the cfg",
+              {"objectness_smooth": "ignored"}),
     Deviation("obj_focal", "objectness",
               "uses a focal loss on objectness: alpha_t * (1 - p_t)**gamma * BCE (Lin et al., torchvision's "
               "sigmoid_focal_loss), so easy slots get almost no gradient",
@@ -360,6 +367,12 @@ CATALOGUE: tuple[Deviation, ...] = (
               "smooth the class targets with the cfg's label_smooth_eps: y*(1 - eps) + 0.5*eps",
               {"cls_smooth": "none"}, {},
               "tcls = one_hot * (1 - eps) + 0.5 * eps  # eps = cfg's label_smooth_eps"),
+    Deviation("cls_focal_ignored", "classes",
+              "leaves out the cfg's focal_loss: plain binary cross-entropy on the classes",
+              "with focal_loss=1 scales each class delta by the focal factor of the truth class's probability",
+              "delta_yolo_class (src/yolo_layer.c)",
+              "apply the focal factor to the class term as the cfg's focal_loss asks",
+              {"cls_focal": "ignored"}),
     Deviation("cls_multipliers", "classes",
               "ignores the counters_per_class multipliers (every class weighs 1)",
               "multiplies the truth class's delta, box and objectness deltas by the class multiplier "
@@ -407,7 +420,7 @@ _TERMS = {
     "obj_focal": ("obj",), "ignore_own_class": ("obj",), "ignore_assigned_only": ALL,
     "assign_every_above": ALL, "assign_neighbour_cells": ALL, "assign_cap": ALL, "box_max_iou_writer": BOX,
     "averaging_classes": ("cls",), "cls_softmax": ("cls",), "cls_label_smoothing": BOX + ("cls",),
-    "cls_label_smoothing_ignored": BOX + ("cls",),
+    "cls_label_smoothing_ignored": BOX + ("cls",), "cls_focal_ignored": ALL, "objectness_smooth_ignored": ALL,
     "cls_multipliers": ALL, "truth_after_terminator": ALL, "truth_past_max": ALL, "truth_class_out_of_range": ALL,
     "nonfinite_propagates": ALL,
 }

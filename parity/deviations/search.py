@@ -525,6 +525,10 @@ def relevant(dev: Deviation, switch: dict[str, Any], configs: Sequence[Any],
         return any_cfg(lambda c: c.iou_thresh < 1)
     if dev.id == "averaging_always":
         return any_cfg(lambda c: c.iou_thresh >= 1)
+    if dev.id == "objectness_smooth_ignored":
+        return any_cfg(lambda c: bool(c.objectness_smooth))
+    if dev.id == "cls_focal_ignored":
+        return any_cfg(lambda c: bool(c.focal_loss))
     if dev.id == "cls_label_smoothing_ignored":
         return any_cfg(lambda c: bool(c.label_smooth_eps))
     if dev.id == "cls_multipliers":

@@ -50,6 +50,8 @@ CHOICES: dict[str, Any] = {
     "cls_smooth": ("darknet", "uniform", "none"),
     "cls_smooth_eps": (type(None), float),
     "cls_multipliers": ("cfg", "ignored"),
+    "objectness_smooth": ("cfg", "ignored"),
+    "cls_focal": ("cfg", "ignored"),
     "truth_terminator": ("darknet", "skip"),
     "truth_max": ("cfg", "ignored"),
     "truth_class": ("darknet", "clamped"),
@@ -115,6 +117,8 @@ class Variant:
     cls_smooth: str = "darknet"     # darknet: y*(1 - eps) + 0.5*eps; uniform: y*(1 - eps) + eps/classes; none
     cls_smooth_eps: float | None = None  # None: the cfg's label_smooth_eps
     cls_multipliers: str = "cfg"    # ignored: counters_per_class has no effect
+    objectness_smooth: str = "cfg"  # ignored: the cfg's objectness_smooth left out (targets 1 and 0)
+    cls_focal: str = "cfg"          # ignored: the cfg's focal_loss left out (plain logistic class deltas)
     # truth reading
     truth_terminator: str = "darknet"    # skip: x == 0 rows are skipped, reading goes on
     truth_max: str = "cfg"          # ignored: every row of the truth tensor is read

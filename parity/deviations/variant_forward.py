@@ -3,8 +3,8 @@
 Three kinds of switches, each implemented once:
 
 * options a port ignores or replaces (``box_kind``, ``max_delta``,
-  ``cls_multipliers``): darknet run with the option at the value the port
-  effectively uses (``configured``);
+  ``cls_multipliers``, ``objectness_smooth``, ``cls_focal``): darknet run
+  with the option at the value the port effectively uses (``configured``);
 * decisions and per-write formulas (ignore, assignment, box gradient,
   objectness target and focal loss, writers, averaging, class loss and
   smoothing, truth reading, non-finite guards): the port's own hooks
@@ -35,7 +35,7 @@ from .variant import DARKNET, Variant
 __all__ = ["configured", "rescale", "variant_forward", "reduction_quantity"]
 
 # switches that only change an option's value (handled by ``configured``) or a finished term (``rescale``)
-OPTION_SWITCHES = ("box_kind", "max_delta", "cls_multipliers")
+OPTION_SWITCHES = ("box_kind", "max_delta", "cls_multipliers", "objectness_smooth", "cls_focal")
 RESCALE_SWITCHES = ("xy_logistic_grad", "xy_scale_grad", "obj_loss", "iou_normalizer", "obj_normalizer",
                     "reduce_box", "reduce_obj", "reduce_cls", "weight_box", "weight_obj", "weight_cls", "heads")
 
@@ -49,6 +49,10 @@ def configured(config: YoloConfig, variant: Variant) -> YoloConfig:
         changes["max_delta"] = FLT_MAX
     if variant.cls_multipliers == "ignored":
         changes["counters_per_class"] = None
+    if variant.objectness_smooth == "ignored":
+        changes["objectness_smooth"] = 0
+    if variant.cls_focal == "ignored":
+        changes["focal_loss"] = 0
     return dataclasses.replace(config, **changes) if changes else config
 
 
