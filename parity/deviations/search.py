@@ -694,14 +694,15 @@ def _shortlist(suite: _Suite, chosen: list[_Item], trials: list[list[_Item]], sc
 
 
 def _backward(suite: _Suite, chosen: list[_Item], idx: Sequence[int], score: _Score) -> tuple[list[_Item], _Score]:
-    """Drop every deviation the others make unnecessary (its removal leaves the count no worse)."""
+    """Drop every deviation the others make unnecessary: without it the variant is no worse (the test
+    ``_forward`` keeps a deviation by, so the two never undo each other's work)."""
     changed = True
     while changed and chosen:
         changed = False
         for it in reversed(chosen):
             rest = [c for c in chosen if c is not it]
             s = _evaluate(suite, _compose(rest), idx)
-            if s.total <= score.total:
+            if not _better(score, s):
                 chosen, score, changed = rest, s, True
                 break
     return chosen, score
