@@ -188,7 +188,7 @@ def test_the_box_gradient_fix_snippet_runs_and_gives_darknets_box_delta():
 
 def test_every_factor_the_search_can_name_is_a_catalogue_entry():
     from parity.deviations.catalogue import BY_ID
-    from parity.deviations.search import GROUPS, NORMALIZERS
+    from parity.deviations.runs import GROUPS, NORMALIZERS
     from parity.deviations.variant import REDUCTIONS
     for group, *_ in GROUPS:
         for q in REDUCTIONS:

@@ -25,7 +25,8 @@ from ..errors import DarknetInputWarning
 from ..generate import CaseFeatures, CaseShape, random_case
 from ..tolerance import within
 from .catalogue import BY_ID, executable
-from .search import SIBLINGS, Explanation, SearchCase, options_of, relevant, search
+from .search import Explanation, SearchCase, search
+from .trials import SIBLINGS, options_of, relevant
 from .variant import Variant
 from .variant_forward import variant_forward
 
