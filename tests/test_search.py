@@ -197,3 +197,15 @@ def test_every_factor_the_search_can_name_is_a_catalogue_entry():
         if NORMALIZERS[group]:
             assert f"{'iou' if group == 'box' else group}_normalizer_ignored" in BY_ID
     assert {"term_weight", "sign_flipped"} <= set(BY_ID)
+
+
+def test_option_switches_leave_a_pjreddie_config_as_darknet_reads_it():
+    """pjreddie reads none of AlexeyAB's options: a mixed run's search may try them on its cases."""
+    from parity.cases import case_from_spec
+    from parity.deviations.variant_forward import variant_forward
+    from parity.torch import yolo_forward
+    case = case_from_spec("yolov3-pjreddie#0")
+    x, t = torch.tensor(case.input), torch.tensor(case.truth)
+    changed = Variant(box_kind="ciou", max_delta="ignored", objectness_smooth="ignored", cls_focal="ignored",
+                      cls_multipliers="ignored")
+    assert torch.equal(variant_forward(x, t, case.config, changed).delta, yolo_forward(x, t, case.config).delta)

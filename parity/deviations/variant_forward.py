@@ -41,7 +41,13 @@ RESCALE_SWITCHES = ("xy_logistic_grad", "xy_scale_grad", "obj_loss", "iou_normal
 
 
 def configured(config: YoloConfig, variant: Variant) -> YoloConfig:
-    """``config`` with the options the variant's port ignores or replaces set to what it uses."""
+    """``config`` with the options the variant's port ignores or replaces set to what it uses.
+
+    pjreddie's darknet reads none of these options (its configs must keep the
+    defaults), so a pjreddie config is returned as it is.
+    """
+    if config.flavor != "alexeyab":
+        return config
     changes: dict[str, object] = {}
     if variant.box_kind != "cfg":
         changes["iou_loss"] = variant.box_kind
