@@ -189,13 +189,14 @@ def test_the_box_gradient_fix_snippet_runs_and_gives_darknets_box_delta():
 def test_every_factor_the_search_can_name_is_a_catalogue_entry():
     from parity.deviations.catalogue import BY_ID
     from parity.deviations.runs import GROUPS, NORMALIZERS
+    from parity.deviations.search import NORMALIZER_IDS
     from parity.deviations.variant import REDUCTIONS
     for group, *_ in GROUPS:
         for q in REDUCTIONS:
             if q != "sum" and (group == "cls" or not q.endswith("_classes")):
                 assert f"{group}_mean_over_{q}" in BY_ID, (group, q)
         if NORMALIZERS[group]:
-            assert f"{'iou' if group == 'box' else group}_normalizer_ignored" in BY_ID
+            assert NORMALIZER_IDS[group] in BY_ID
     assert {"term_weight", "sign_flipped"} <= set(BY_ID)
 
 

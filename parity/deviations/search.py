@@ -47,6 +47,8 @@ PROXY_CASES = 1     # a greedy step first ranks every trial on the screening cas
 SHORTLIST = 8       # ... and runs only this many closest ones on every screening case
 ROUNDS = 3          # validations on the whole suite (cases it misses join the screening set)
 PASSES = 4          # forward, backward and swap passes per round
+# the catalogue entry of a term's normalizer left out
+NORMALIZER_IDS = {"box": "iou_normalizer_ignored", "obj": "obj_normalizer_ignored"}
 
 
 @dataclass(frozen=True)
@@ -272,9 +274,8 @@ def _findings(suite: Suite, chosen: list[Item], final: Score, idx: Sequence[int]
         accounts = max(0, evaluate(suite, structure, idx, fixed=fixed).total - base)
         parts = []
         if f.normalizer_ignored and NORMALIZERS[name]:
-            field_ = NORMALIZERS[name]
-            parts.append(Finding(f"{name if name == 'obj' else 'iou'}_normalizer_ignored", {field_: "ignored"}, 0,
-                                 BY_ID[f"{name if name == 'obj' else 'iou'}_normalizer_ignored"].port_does))
+            left_out = NORMALIZER_IDS[name]
+            parts.append(Finding(left_out, {NORMALIZERS[name]: "ignored"}, 0, BY_ID[left_out].port_does))
         if f.reduction != "sum":
             parts.append(Finding(f"{name}_mean_over_{f.reduction}", {reduce_field: f.reduction}, 0,
                                  _describe_factor(name, dataclasses.replace(f, weight=1.0),
