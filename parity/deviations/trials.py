@@ -23,7 +23,6 @@ from .variant import CHOICES, DARKNET, Variant
 FACTOR_DEVIATIONS = frozenset({"term_weight", "iou_normalizer_ignored", "obj_normalizer_ignored", "sign_flipped"})
 
 
-
 @dataclass(frozen=True)
 class Item:
     """One chosen deviation: a catalogue id and the Variant fields it sets."""
@@ -37,10 +36,12 @@ class Item:
 
 
 def item(deviation_id: str, switch: dict[str, Any]) -> Item:
+    """An ``Item`` (hashable: its switch as sorted pairs)."""
     return Item(deviation_id, tuple(sorted(switch.items())))
 
 
 def compose(items: Iterable[Item]) -> Variant:
+    """darknet's semantics with every item's switches set."""
     fields: dict[str, Any] = {}
     for it in items:
         fields.update(it.fields)
