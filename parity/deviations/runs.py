@@ -61,7 +61,6 @@ class SearchCase:
     rule: ToleranceRule = ToleranceRule()
 
 
-
 @dataclass
 class Score:
     variant: Variant                       # with the fitted factors
@@ -191,7 +190,6 @@ class Suite:
         name = NORMALIZERS[group]
         out["normalizer"] = float(np.float32(getattr(cfg, name))) if name else 1.0
         return out
-
 
 
 def term_rows(k: int) -> slice:

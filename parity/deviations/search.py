@@ -103,7 +103,6 @@ def _plain_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in params.items()}
 
 
-
 def _screen(suite: Suite, baseline: dict[int, np.ndarray], limit: int) -> list[int]:
     """A few small failing cases that together show every failing term (and, where possible, two shapes)."""
     failing = [i for i, c in baseline.items() if c.sum()]
