@@ -157,7 +157,7 @@ def _forward(suite: Suite, chosen: list[Item], idx: Sequence[int], score: Score,
 
 
 def _shortlist(suite: Suite, chosen: list[Item], trials: list[list[Item]], score: Score) -> list[list[Item]]:
-    """The trials worth a run on every screening case: the closest ones on the two cases that differ most."""
+    """The trials worth a run on every screening case: the closest on the PROXY_CASES that differ most."""
     if len(trials) <= SHORTLIST or len(score.per_case) <= PROXY_CASES:
         return trials
     proxy = sorted(score.per_case, key=lambda i: (-int(score.per_case[i].sum()), i))[:PROXY_CASES]
