@@ -9,12 +9,14 @@ element, with as few deviations as possible, each one necessary:
    failing ones, covering every failing term): each step tries every
    catalogue deviation that can touch a failing term (each decision value
    of its parameters, thresholds fitted as intervals from the candidate's
-   own decisions) and keeps the one that most reduces the count of elements
-   outside the rule. Every trial refits the per-term factors (reductions
-   and weights, ``parity.deviations.fit``), so deviations that mask each
-   other are judged as they combine.
-2. **Backward elimination**: a deviation whose removal (factors refitted)
-   leaves the count no worse is dropped. What remains is necessary.
+   own decisions) and keeps, among those that reduce the count of elements
+   outside the rule (or keep it and clearly reduce the log-ratio distance),
+   the closest. Every trial refits the per-term factors (reductions and
+   weights, ``parity.deviations.fit``), so deviations that mask each other
+   are judged as they combine.
+2. **Backward elimination** by the same test, then **swaps** of a chosen
+   deviation for another setting or a sibling; the passes repeat until
+   nothing changes. What remains is necessary.
 3. **Validation on the whole suite**: cases the result does not reproduce
    join the screening set and the search goes on from there (a few rounds).
 
