@@ -23,6 +23,7 @@ import dataclasses
 import json
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -447,12 +448,10 @@ def run_suite(cases: Sequence[CaseRef] | Iterable[tuple[CaseRef, Case]], opts: R
     if live and jobs is not None:
         raise ParityError("--jobs needs a candidate spec string ('module:callable') and case descriptors; "
                           "a live callable runs in this process")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     refs: list[CaseRef] = []
     incomplete = ""
     try:
-        with interrupts():
+        with one_torch_thread(), interrupts():
             if any(not isinstance(c, CaseRef) for c in cases):
                 _run_live(cases, opts, candidate, rule, collect, refs)
             elif candidate is not None:
@@ -464,8 +463,6 @@ def run_suite(cases: Sequence[CaseRef] | Iterable[tuple[CaseRef, Case]], opts: R
         total = len(refs) if candidate is None and all(isinstance(c, CaseRef) for c in cases) else len(cases)
         incomplete = (f"{exc}: {sum(r.id in by_id for r in refs)} of {total} case(s) ran; "
                       "the others never did")
-    finally:
-        torch.set_num_threads(threads)
     refs = [r for r in refs if r.id in by_id]
     results = [by_id[r.id] for r in refs]
     hit, enabled = coverage(refs, results, opts.profiles_extra)
@@ -483,6 +480,17 @@ def run_suite(cases: Sequence[CaseRef] | Iterable[tuple[CaseRef, Case]], opts: R
                        [shard_spec] if shard_spec else [], opts.require_coverage, notes, incomplete, explanation)
 
 
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread (small per-case tensors: threads only add synchronisation), then as it was."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def explain(results: Sequence[CaseDiff], rule: ToleranceRule) -> dict[str, Any] | None:
     """The explanation search over every compared case, when some failed (``parity.deviations.search``).
 
@@ -493,18 +501,15 @@ def explain(results: Sequence[CaseDiff], rule: ToleranceRule) -> dict[str, Any] 
     from .deviations.search import SearchCase, search
 
     ran = [r for r in results if r.source is not None]
-    threads = torch.get_num_threads()
     try:
         if not any(not r.passed for r in ran):
             return None
         cases = [SearchCase(r.case, r.source, r.candidate_delta,
                             rule.for_build(r.meta.get("reference_build", "o2"))) for r in ran]
-        torch.set_num_threads(1)
-        with warnings.catch_warnings():
+        with one_torch_thread(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DarknetInputWarning)
             return search(cases).as_dict()
     finally:
-        torch.set_num_threads(threads)
         for r in ran:
             r.candidate_delta = r.source = None
 

@@ -22,8 +22,6 @@ from .variant import REDUCTIONS
 CONSISTENT_RTOL = 1e-3
 # How close a factor must be to a plain constant to be that constant (0.889 is not 0.89).
 PLAIN_RTOL = 1e-4
-# Quantities in the order they are preferred when several fit equally well ("sum" is darknet's).
-FIT_REDUCTIONS = tuple(q for q in REDUCTIONS)
 
 
 def plain(value: float, rtol: float = PLAIN_RTOL) -> float | None:
@@ -94,7 +92,7 @@ def fit_factor(ratios: Sequence[float | None], quantities: Sequence[dict[str, fl
     one fits when ``ratio * quantity`` is the same constant in every case.
     Among fitting ones: weight exactly 1 first (a plain mean or sum), then a
     plain weight; darknet's own normalizer before an ignored one; then the
-    order of ``FIT_REDUCTIONS``. When none fits, the closest one, unfactored.
+    order of ``REDUCTIONS``. When none fits, the closest one, unfactored.
     """
     pairs = [(r, q) for r, q in zip(ratios, quantities) if r is not None and math.isfinite(r) and r != 0]
     if not pairs:
@@ -105,7 +103,7 @@ def fit_factor(ratios: Sequence[float | None], quantities: Sequence[dict[str, fl
     for ignored in (False, True):
         if ignored and normalizers == {1.0}:
             continue
-        for rank, kind in enumerate(FIT_REDUCTIONS):
+        for rank, kind in enumerate(REDUCTIONS):     # their order breaks ties ("sum" is darknet's)
             if any(kind not in q for _, q in pairs):
                 continue
             weights = np.array([r * q[kind] * (q.get("normalizer", 1.0) if ignored else 1.0) for r, q in pairs],

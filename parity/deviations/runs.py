@@ -108,7 +108,6 @@ class Suite:
         self._runs: OrderedDict[tuple[int, Variant], LayerRun] = OrderedDict()
         self._held = 0          # bytes of the cached runs' deltas and outputs
         self._features: frozenset[str] | None = None
-        self.forwards = 0
         self.cand = [self._view(c, np.asarray(c.candidate, dtype=np.float32) if c.candidate is not None
                                 else self.run(i, DARKNET).delta.numpy()) for i, c in enumerate(self.cases)]
 
@@ -137,7 +136,6 @@ class Suite:
             while self._held > RUN_CACHE_BYTES and len(self._runs) > 1:
                 _, old = self._runs.popitem(last=False)
                 self._held -= _nbytes(old)
-            self.forwards += 1
         return got
 
     def chained(self, i: int, variant: Variant) -> np.ndarray:

@@ -168,7 +168,7 @@ def _coverage(result: "SuiteResult") -> list[ET.Element]:
 
 def _search(result: "SuiteResult") -> list[ET.Element]:
     """The explanation search, first: the changes that turn darknet into the candidate, with their fixes."""
-    search = getattr(result, "explanation", None)
+    search = result.explanation
     if not search:
         return []
     items = []

@@ -59,7 +59,7 @@ def _render_compact(result: "SuiteResult", console: Console, max_cases: int, max
     console.print(_verdict(result))
     console.print(_header(result, tolerances=False))
     failing = result.failed
-    search = getattr(result, "explanation", None)
+    search = result.explanation
     if search:
         console.print(_search_block(search))
     if failing:
@@ -88,7 +88,7 @@ def _render_compact(result: "SuiteResult", console: Console, max_cases: int, max
 
 def _render_full(result: "SuiteResult", console: Console) -> None:
     console.print(_header(result))
-    if getattr(result, "explanation", None):
+    if result.explanation:
         console.print(_search_block(result.explanation))
     console.print(_explanation(result))
     console.print(_term_role_table(result, console.width))
