@@ -107,6 +107,7 @@ class Suite:
         self.cases = list(cases)
         self._runs: OrderedDict[tuple[int, Variant], LayerRun] = OrderedDict()
         self._held = 0          # bytes of the cached runs' deltas and outputs
+        self._counts: dict[tuple[int, Variant], dict[str, int]] = {}   # reduction counts per run (small)
         self._features: frozenset[str] | None = None
         self.cand = [self._view(c, np.asarray(c.candidate, dtype=np.float32) if c.candidate is not None
                                 else self.run(i, DARKNET).delta.numpy()) for i, c in enumerate(self.cases)]
@@ -174,15 +175,18 @@ class Suite:
 
         Also ``"normalizer"``: the cfg's normalizer of that term (a port may leave it out).
         """
-        c = self.cases[i].case
-        cfg = c.config
-        heads = c.meta.get("heads")
-        if not isinstance(heads, int):
-            total = len(cfg.anchors) // 2
-            heads = total // cfg.n if cfg.n and total % cfg.n == 0 else 1
-        out: dict[str, float] = dict(reduction_quantities(self.run(i, variant), cfg.classes, heads))
-        if heads <= 1:
-            del out["heads"]
+        cfg = self.cases[i].case.config
+        key = (i, structural(variant))
+        counts = self._counts.get(key)
+        if counts is None:      # one count per run, shared by the three term groups and every trial
+            heads = self.cases[i].case.meta.get("heads")
+            if not isinstance(heads, int):
+                total = len(cfg.anchors) // 2
+                heads = total // cfg.n if cfg.n and total % cfg.n == 0 else 1
+            counts = self._counts[key] = dict(reduction_quantities(self.run(i, variant), cfg.classes, heads))
+            if heads <= 1:
+                del counts["heads"]
+        out: dict[str, float] = dict(counts)
         if group != "cls":      # a mean over classes is a class term's (the catalogue's reductions)
             out = {k: v for k, v in out.items() if not k.endswith("_classes")}
         name = NORMALIZERS[group]
