@@ -306,7 +306,7 @@ def _ignore_search(L: _Layer, pred: Boxes, tr: _Truths) -> tuple[Tensor, Tensor]
     tly, thy = truth_edges(tr.box.y, tr.box.h)
     parea = (pred.w * pred.h).reshape(B, P, 1)
     tarea = torch.where(tr.valid, tr.box.w * tr.box.h, torch.zeros_like(tr.box.w)).view(B, 1, T)
-    zero = torch.zeros((), dtype=dt, device=dev)
+    inf_f = float("inf")
     step = max(1, _chunk_elements(best) // max(1, B * T))
     for start in range(0, P, step):
         sl = slice(start, start + step)
@@ -314,15 +314,20 @@ def _ignore_search(L: _Layer, pred: Boxes, tr: _Truths) -> tuple[Tensor, Tensor]
         ih = torch.minimum(phy[:, sl], thy).sub_(torch.maximum(ply[:, sl], tly))
         # darknet: 0 when iw < 0 or ih < 0; the clamps agree wherever the IoU can be > 0
         inter = iw.clamp_(min=0).mul_(ih.clamp_(min=0))
-        uni = (parea[:, sl] + tarea).sub_(inter)
-        iou = torch.div(inter, uni)
+        total = parea[:, sl] + tarea
         if L.alexeyab:
-            # AlexeyAB's box_iou returns 0 for a zero union or overlap (a NaN edge widens the overlap to the
-            # truth's while a zero width empties the prediction's area: inter/0 would be inf);
-            # pjreddie's divides unguarded, so inf stays there.
-            iou = torch.where((uni == 0) | (inter == 0), zero, iou)
-        # NaN and values <= 0 never replace darknet's running best (which starts at 0)
-        best[:, sl], best_t[:, sl] = torch.fmax(iou, zero).max(dim=-1)
+            # AlexeyAB's box_iou returns 0 for a zero union (a NaN edge widens the overlap to the truth's
+            # while a zero width empties the prediction's area: inter/0 would be inf). Without a mask:
+            # inter - total is exactly -(total - inter) except that a zero union comes out +0, so
+            # -(inter / (inter - total)) is inter / union everywhere else and -inf or NaN (never a best)
+            # there. pjreddie's box_iou divides unguarded, so inf stays there.
+            iou = torch.div(inter, inter.sub(total)).neg_()
+        else:
+            iou = torch.div(inter, total.sub_(inter))
+        # NaN and values <= 0 never replace darknet's running best (which starts at 0); arithmetic
+        # (not a comparison and a select) since boolean tensors are several times slower on the CPU
+        best_sl, best_t[:, sl] = iou.nan_to_num_(0.0, posinf=inf_f, neginf=0.0).clamp_(min=0).max(dim=-1)
+        best[:, sl] = best_sl.add_(0.0)      # a -0 (from -(0 / x)) is darknet's +0
     return best.view(B, L.n, L.H, L.W), best_t.view(B, L.n, L.H, L.W)
 
 
