@@ -92,6 +92,19 @@ def _to_device(t: Tensor, dev: torch.device) -> Tensor:
     return t.to(dev)
 
 
+def _zeros_like(t: Tensor) -> Tensor:
+    """Zeros shaped like ``t``; on the CPU from calloc'd memory (numpy's zeros).
+
+    The delta is mostly zeros that are never written (the box and class rows
+    of unassigned slots): the kernel's zero pages cost nothing until touched,
+    where torch.zeros writes every byte, page faults included (a quarter of
+    the three-head call at batch 8).
+    """
+    if t.device.type != "cpu":
+        return torch.zeros_like(t)
+    return torch.from_numpy(np.zeros(tuple(t.shape), dtype=torch.empty((), dtype=t.dtype).numpy().dtype))
+
+
 def _exp_f32(v: Tensor) -> Tensor:
     """expf, correctly rounded (float64 exp, one rounding): matches glibc's expf."""
     return torch.exp(v.double()).to(v.dtype)
@@ -1009,7 +1022,7 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
     E = 5 + C
     dev = x.device
     output = x.clone(memory_format=torch.contiguous_format)   # a permuted input must not keep its strides
-    delta = torch.zeros_like(output)
+    delta = _zeros_like(output)
     mult_np = config.classes_multipliers() if flavor == "alexeyab" else None
     anchors = torch.tensor(np.asarray(config.anchors[: 2 * config.num], dtype=np.float32).reshape(-1, 2)).to(dtype)
     L = _Layer(
