@@ -71,6 +71,7 @@ def implementations() -> list[tuple[str, int, str]]:
         rows.append(("torch", cores, f"PyTorch CPU {cores} threads"))
     if torch.cuda.is_available():
         rows.append(("cuda", 1, f"PyTorch {torch.cuda.get_device_name()}"))
+        rows.append(("cuda-running-cost", 1, "  same, running_cost=True"))
     return rows
 
 
@@ -124,14 +125,18 @@ def measure(trees: dict[str, Path], repeats: int, tmp: Path) -> list[dict]:
             for name, _, _ in WORKLOADS:
                 for impl, threads, _ in impls:
                     for label in order:
-                        secs = workers[label, name].ask(f"time {impl} {threads}")["seconds"]
-                        times.setdefault((name, impl, threads, label), []).append(secs)
+                        answer = workers[label, name].ask(f"time {impl} {threads}")
+                        if "seconds" in answer:     # else {"missing": ...}: an option that checkout lacks
+                            times.setdefault((name, impl, threads, label), []).append(answer["seconds"])
         for name, batch, truths in WORKLOADS:
             for impl, threads, title in impls:
                 row = {"workload": name, "batch": batch, "truths": truths, "implementation": title,
                        "impl": impl, "threads": threads}
                 for label in trees:
-                    runs = times[name, impl, threads, label]
+                    runs = times.get((name, impl, threads, label))
+                    if runs is None:
+                        row[label] = None
+                        continue
                     row[label] = {"min_s": min(runs), "median_s": statistics.median(runs), "max_s": max(runs)}
                     if threads == 1:   # memory does not depend on the thread count worth a second pass
                         row[label]["peak_extra_mib"] = workers[label, name].ask(f"memory {impl} 1")["peak_extra_mib"]
@@ -167,9 +172,11 @@ def report(result: dict) -> None:
         mib = lambda d: f"{d['peak_extra_mib']:8.0f}" if "peak_extra_mib" in d else f"{'-':>8s}"  # noqa: E731
         line = (f"{row['workload']:8s} {row['implementation'][:28]:28s} {this['min_s']:10.4f} "
                 f"{this['max_s']:7.3f} {mib(this)}")
-        if against:
-            old = row["against"]
+        old = row.get("against")
+        if against and old:
             line += f" {old['min_s']:10.4f} {mib(old)} {this['min_s'] / old['min_s']:12.2f}"
+        elif against:
+            line += f" {'(not in that checkout)':>32s}"
         print(line)
     print("scaling (this checkout; 1.00 = linear, below = better than linear):")
     for title, s in result["scaling"].items():

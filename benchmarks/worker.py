@@ -9,7 +9,9 @@ checkout's ``YoloConfig`` knows, so every checkout gets the same inputs.
 Commands, one per line on stdin, one JSON line back on stdout:
 
 * ``time IMPL THREADS`` -> ``{"seconds": s}``: one pass over every case with
-  ``IMPL`` = ``c`` (the C reference) or ``torch`` / ``cuda`` (the port);
+  ``IMPL`` = ``c`` (the C reference) or ``torch`` / ``cuda`` (the port), or
+  ``cuda-running-cost`` (the port on CUDA with ``running_cost=True``); a checkout
+  without an implementation answers ``{"missing": why}``;
 * ``memory IMPL THREADS`` -> ``{"peak_extra_mib": m}``: peak memory growth of one pass;
 * ``digest`` -> ``{"digests": [...]}``: sha256 of each case's port output,
   delta, roles, stats and decisions (bit-identity across checkouts);
@@ -20,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import hashlib
+import inspect
 import json
 import sys
 import time
@@ -44,13 +47,22 @@ def load(path: str) -> list[tuple[YoloConfig, np.ndarray, np.ndarray]]:
     return cases
 
 
+class Missing(Exception):
+    """This checkout has no such implementation (an option added since)."""
+
+
 def _runner(impl: str, cases):
     if impl == "c":
         return lambda: [run_reference(c, x, t) for c, x, t in cases], lambda: None
-    dev = "cuda" if impl == "cuda" else "cpu"
+    if impl not in ("torch", "cuda", "cuda-running-cost"):
+        raise Missing(f"unknown implementation {impl!r}")
+    dev = "cpu" if impl == "torch" else "cuda"
+    options = {"running_cost": True} if impl == "cuda-running-cost" else {}
+    if any(name not in inspect.signature(yolo_forward).parameters for name in options):
+        raise Missing(f"yolo_forward here has no {', '.join(options)}")
     tensors = [(c, torch.from_numpy(x).to(dev), torch.from_numpy(t).to(dev)) for c, x, t in cases]
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-    return lambda: [yolo_forward(x, t, c) for c, x, t in tensors], sync
+    return lambda: [yolo_forward(x, t, c, **options) for c, x, t in tensors], sync
 
 
 def _rss_kib(field: str) -> int:
@@ -64,7 +76,7 @@ def _rss_kib(field: str) -> int:
 def peak_extra_mib(impl: str, run, sync) -> float:
     """CPU: VmHWM growth over VmRSS after resetting the high-water mark; CUDA: max_memory_allocated growth."""
     gc.collect()
-    if impl == "cuda":
+    if impl.startswith("cuda"):
         sync()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -121,7 +133,11 @@ def main() -> None:
         impl, threads = words[1], int(words[2])
         torch.set_num_threads(threads)
         if impl not in runners:
-            runners[impl] = _runner(impl, cases)
+            try:
+                runners[impl] = _runner(impl, cases)
+            except Missing as exc:
+                print(json.dumps({"missing": str(exc)}), flush=True)
+                continue
             runners[impl][0]()          # warm-up: first-use compilation, allocator
             runners[impl][1]()
         run, sync = runners[impl]

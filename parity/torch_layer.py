@@ -21,7 +21,8 @@ truths only (which rows count, the assignment list, the ranks within a slot)
 is planned on the host; list sizes that depend on predictions are avoided by
 masked writes over every slot (truth_thresh, averaging) and by scattered
 counts for role bits. The cost's exact float32 running sum needs the delta
-on the host, so on a GPU the cost is the float64 sum (see ``_magnitude``).
+on the host, so on a GPU the cost is the float64 sum unless asked for
+(``running_cost=True``: one more sync, see ``_magnitude``).
 """
 from __future__ import annotations
 
@@ -159,6 +160,8 @@ class _Layer:
     decisions: Decisions = field(default_factory=Decisions)   # filled by the passes that decide
     variant: Variant | None = None    # a catalogue variant's hooks; None: darknet exactly
     raw: Tensor | None = None         # [B, n, E, H, W] the input before activation (variants only)
+    running_cost: bool = True         # the cost as darknet's float32 running sum (else the float64 sum)
+    host_copy: tuple[Tensor, Tensor] | None = None   # (delta, roles) on the host, for the running sum
 
     @property
     def alexeyab(self) -> bool:
@@ -817,10 +820,10 @@ def _truth_pass(L: _Layer, plan: _Plan, stats: dict[str, Tensor]) -> None:
         _mark_where(L, bk, ak, jk, ik, shortcut, _roles.ROLE_CLASS_SHORTCUT)
 
 
-def _positive_slots(L: _Layer) -> tuple[Tensor, ...]:
+def _positive_slots(roles: Tensor) -> tuple[Tensor, ...]:
     """(b, a, j, i) of every slot a truth wrote box/class deltas on, each once, in memory order."""
     bits = _roles.ROLE_BEST_ANCHOR | _roles.ROLE_EXTRA_ANCHOR | _roles.ROLE_TRUTH_THRESH
-    return ((L.roles & bits) != 0).nonzero(as_tuple=True)
+    return ((roles & bits) != 0).nonzero(as_tuple=True)
 
 
 def _averaged_rows(L: _Layer) -> tuple[slice, ...]:
@@ -842,7 +845,7 @@ def _averaging_pass(L: _Layer) -> None:
         return
     divisor = torch.zeros(L.B, L.n, L.H, L.W, dtype=torch.long, device=d.device)
     L.decisions.divisor = divisor
-    b, a, j, i = _positive_slots(L)
+    b, a, j, i = _positive_slots(L.roles)
     if b.numel() == 0:
         return
     has_obj = d[b, a, 4, j, i] != 0
@@ -885,7 +888,7 @@ def _sequential_sum(values: np.ndarray) -> float:
     return float(running)
 
 
-def _nonzero_candidates(L: _Layer, skip_box_rows: bool) -> np.ndarray:
+def _nonzero_candidates(L: _Layer, delta: Tensor, roles: Tensor, skip_box_rows: bool) -> np.ndarray:
     """The delta entries that can be nonzero, in memory order, as one fresh array.
 
     Objectness is written for every slot; box and class rows only on slots a
@@ -895,8 +898,8 @@ def _nonzero_candidates(L: _Layer, skip_box_rows: bool) -> np.ndarray:
     these equals darknet's sum over the whole delta, bit for bit.
     """
     B, n, H, W = L.B, L.n, L.H, L.W
-    blocks = L.delta.reshape(B * n, -1, H * W).numpy()
-    b, a, j, i = (x.numpy() for x in _positive_slots(L))
+    blocks = delta.reshape(B * n, -1, H * W).numpy()
+    b, a, j, i = (x.numpy() for x in _positive_slots(roles))
     block, cell = b * n + a, j * W + i
     starts = np.searchsorted(block, np.arange(B * n + 1))
     pieces = []
@@ -916,22 +919,41 @@ def _magnitude(L: _Layer, skip_box_rows: bool = False) -> Tensor:
 
     darknet adds the squares one by one in float32 (memory order), and that
     running sum drifts from the exact one (about 1e-4 relative over ~10^4
-    large deltas). On the CPU we add them the same way (skipping entries that
-    are zero by construction); on a GPU the sum is exact (float64), as
-    reproducing the drift would need a host copy of the delta.
+    large deltas). With ``L.running_cost`` we add them the same way (skipping
+    entries that are zero by construction), on the host: off the CPU that
+    needs a host copy of the delta and the roles (see ``_host_copy``).
+    Otherwise the sum is exact (float64) where the delta is.
     ``skip_box_rows`` leaves out the x, y, w, h rows (darknet's copy of the
     delta without its box rows).
     """
     v = L.delta
-    if _host_paths(v):
-        values = _nonzero_candidates(L, skip_box_rows)
+    if L.running_cost:
+        delta, roles = _host_copy(L)
+        values = _nonzero_candidates(L, delta, roles, skip_box_rows)
         with np.errstate(over="ignore"):          # a square past float32's range is inf, as in darknet
             squares = values * values
-        total = torch.tensor(_sequential_sum(squares), dtype=torch.float64)
+        total = _to_device(torch.tensor(_sequential_sum(squares), dtype=torch.float64), v.device)
     else:
         sq = v.double() * v.double()
         total = (sq[:, :, 4:] if skip_box_rows else sq).sum()
     return torch.sqrt(total).to(v.dtype).double()
+
+
+def _host_copy(L: _Layer) -> tuple[Tensor, Tensor]:
+    """The delta and roles on the host, copied once per call (on CUDA: both in one host sync)."""
+    d, r = L.delta, L.roles
+    if d.device.type == "cpu":
+        return d, r
+    if L.host_copy is None:
+        if d.device.type == "cuda":
+            host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in (d, r)]
+            for h, t in zip(host, (d, r)):
+                h.copy_(t, non_blocking=True)
+            torch.cuda.current_stream(d.device).synchronize()
+            L.host_copy = (host[0], host[1])
+        else:
+            L.host_copy = (d.to("cpu"), r.to("cpu"))
+    return L.host_copy
 
 
 def _squared_magnitude(L: _Layer) -> Tensor:
@@ -970,7 +992,8 @@ def _cost(L: _Layer, stats: dict[str, Tensor]) -> None:
 
 def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str | None = None, *,
                  backward: str = "cpu", loss_scale: float = 1.0,
-                 dtype: torch.dtype = torch.float32, variant: Variant | None = None) -> LayerRun:
+                 dtype: torch.dtype = torch.float32, variant: Variant | None = None,
+                 running_cost: bool | None = None) -> LayerRun:
     """darknet's [yolo] training forward pass on torch tensors.
 
     Args:
@@ -989,6 +1012,11 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
             (ignore, assignment, box gradient, objectness target, writers, averaging);
             ``None`` (the default) is darknet exactly. ``parity.deviations.variant_forward``
             adds the switches that rescale terms or replace options.
+        running_cost: how ``stats.cost`` (and the loss figures) add the squares of the delta.
+            ``True``: darknet's float32 running sum, bit for bit; off the CPU this copies the
+            delta and roles to the host (one more host sync per call) and sums there.
+            ``False``: the float64 sum where the delta is (within about 1e-4 relative of
+            darknet's). ``None`` (the default): ``True`` on the CPU, ``False`` elsewhere.
 
     Returns:
         ``parity.result.LayerRun`` on the input's device: ``output`` and ``delta`` in
@@ -1037,6 +1065,7 @@ def yolo_forward(input: Tensor, truth: Tensor, config: YoloConfig, flavor: str |
         if config.class_map is not None else None,
         variant=variant,
         raw=x.view(B, n, E, H, W) if variant is not None else None,
+        running_cost=dev.type == "cpu" if running_cost is None else bool(running_cost),
     )
     zero = torch.zeros((), dtype=dtype, device=dev)
     izero = torch.zeros((), dtype=torch.long, device=dev)

@@ -4,8 +4,9 @@ On a GPU every ``.item()``, ``nonzero``, boolean-mask index or host copy
 stalls the stream. The port's passes take the sync-free path off the CPU
 (``_host_paths``); here that path is forced on the CPU, where (a) it must give
 the same output, delta, roles, stats and decisions as the CPU path (the cost
-excepted: off the CPU it is the exact float64 sum, not darknet's float32 running
-sum) and (b) the passes must call nothing that would sync: counted by
+excepted: off the CPU it is by default the exact float64 sum, not darknet's
+float32 running sum, which ``running_cost=True`` gives at the price of a host
+copy) and (b) the passes must call nothing that would sync: counted by
 wrapping the calls that do. On a CUDA machine the sync count of a real
 three-head call is read from ``torch.cuda.set_sync_debug_mode``.
 """
@@ -123,10 +124,31 @@ def test_device_path_on_the_cpu_equals_the_host_path_and_never_syncs(k, monkeypa
         host = yolo_forward(x, t, case.config, case.flavor)
         monkeypatch.setattr(port, "_host_paths", lambda tensor: False)
         with counting_syncs() as calls:
-            dev = yolo_forward(x, t, case.config, case.flavor)
+            dev = yolo_forward(x, t, case.config, case.flavor, running_cost=False)   # as on a GPU
     assert calls == [], f"syncing calls in the passes: {calls}"
     assert _compare(host, dev) == []
     assert np.isclose(float(dev.stats.cost), float(host.stats.cost), rtol=1e-3, atol=1e-6)
+
+
+def _loss_figures(run) -> list[str]:
+    s = run.stats.host()
+    return [repr(getattr(s, k)) for k in ("cost", "total_loss", "class_loss", "iou_loss")]
+
+
+@pytest.mark.parametrize("k", range(0, 24, 2))
+def test_running_cost_on_the_device_path_is_darknets_sum_bit_for_bit(k, monkeypatch):
+    """``running_cost=True`` off the CPU: the same float32 running sum as the host path, every figure."""
+    case = _cases()[k]
+    x, t = torch.from_numpy(case.input), torch.from_numpy(case.truth)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        host = yolo_forward(x, t, case.config, case.flavor)
+        monkeypatch.setattr(port, "_host_paths", lambda tensor: False)
+        running = yolo_forward(x, t, case.config, case.flavor, running_cost=True)
+        float64 = yolo_forward(x, t, case.config, case.flavor, running_cost=False)
+    assert _loss_figures(running) == _loss_figures(host)
+    assert _compare(host, running) == []
+    assert np.isclose(float(float64.stats.cost), float(host.stats.cost), rtol=1e-3, atol=1e-6)
 
 
 def test_the_counter_sees_a_sync():
@@ -169,3 +191,12 @@ def test_three_head_call_syncs_at_most_five_times_on_cuda():
             torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
     assert len(syncs) <= 5, "\n".join(str(w.message) for w in syncs[:10])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_running_cost_on_cuda_is_the_cpu_cost_bit_for_bit():
+    """The exact-sum option on a GPU: darknet's running sum, as the CPU path computes it."""
+    for c, x, t in _yolov4_heads(batch=2):
+        cpu = yolo_forward(torch.from_numpy(x), torch.from_numpy(t), c)
+        gpu = yolo_forward(torch.from_numpy(x).cuda(), torch.from_numpy(t), c, running_cost=True)
+        assert _loss_figures(gpu) == _loss_figures(cpu)
