@@ -934,8 +934,8 @@ def _magnitude(L: _Layer, skip_box_rows: bool = False) -> Tensor:
             squares = values * values
         total = _to_device(torch.tensor(_sequential_sum(squares), dtype=torch.float64), v.device)
     else:
-        sq = v.double() * v.double()
-        total = (sq[:, :, 4:] if skip_box_rows else sq).sum()
+        sq = (v[:, :, 4:] if skip_box_rows else v).double()
+        total = sq.mul_(sq).sum()
     return torch.sqrt(total).to(v.dtype).double()
 
 

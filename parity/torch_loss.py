@@ -50,13 +50,16 @@ class _DarknetGradient(torch.autograd.Function):
 
 
 def darknet_yolo_cost(head: Tensor, truth: Tensor, config: YoloConfig, flavor: str | None = None, *,
-                      backward: str = "cpu", loss_scale: float = 1.0) -> tuple[Tensor, Tensor, LayerStats]:
+                      backward: str = "cpu", loss_scale: float = 1.0,
+                      running_cost: bool | None = None) -> tuple[Tensor, Tensor, LayerStats]:
     """One head: ``(cost, delta, stats)``; ``cost.backward()`` leaves ``head.grad == -delta``.
 
-    ``backward``/``loss_scale``: which darknet backward ``delta`` stands for (``yolo_forward``).
+    ``backward``/``loss_scale``: which darknet backward ``delta`` stands for; ``running_cost``:
+    how the cost is summed (both as in ``yolo_forward``).
     """
     with torch.no_grad():
-        run = yolo_forward(head, truth, config, flavor or config.flavor, backward=backward, loss_scale=loss_scale)
+        run = yolo_forward(head, truth, config, flavor or config.flavor, backward=backward, loss_scale=loss_scale,
+                           running_cost=running_cost)
     return _DarknetGradient.apply(head, run.stats.cost, run.delta), run.delta, run.stats
 
 
@@ -97,6 +100,10 @@ class DarknetYoloLoss(nn.Module):
             ``loss_scale * delta_normalizer``; pjreddie does not scale).
         loss_scale: darknet's [net] ``loss_scale`` (default 1, as darknet's);
             used only by ``backward="gpu"``.
+        running_cost: the value as darknet's float32 running sum also on a GPU
+            (``True``: one more host sync per head), or the float64 sum
+            (``False``); ``None`` (default): running on the CPU only. The
+            gradient is the same either way.
 
     Forward takes one head tensor or a list (one per head, in cfg order) and
     targets as darknet truth ``[b, max_boxes, 6]`` or rows ``[N, 6]``
@@ -104,7 +111,7 @@ class DarknetYoloLoss(nn.Module):
     """
 
     def __init__(self, cfg_or_config: Any, flavor: str | None = None, *, layout: str = "nchw",
-                 backward: str = "cpu", loss_scale: float = 1.0) -> None:
+                 backward: str = "cpu", loss_scale: float = 1.0, running_cost: bool | None = None) -> None:
         super().__init__()
         if layout not in ("nchw", "bnhwc"):
             raise InputError(f"layout {layout!r}: expected 'nchw' or 'bnhwc'")
@@ -115,6 +122,7 @@ class DarknetYoloLoss(nn.Module):
             backward_scale(config, self.flavor, backward, loss_scale)
         self.backward_mode = backward
         self.loss_scale = loss_scale
+        self.running_cost = running_cost
         self.last_stats: list[LayerStats] = []
 
     def _to_nchw(self, head: Tensor, config: YoloConfig) -> Tensor:
@@ -137,9 +145,10 @@ class DarknetYoloLoss(nn.Module):
             truth = targets
             if targets.dim() == 2:
                 truth = targets_from_rows(targets, batch, config.max_boxes)
-            truth = truth.to(device=head.device)
+            # the truth stays where it is: yolo_forward plans on a host copy of it anyway
             cost, _, stats = darknet_yolo_cost(self._to_nchw(head, config), truth, config, self.flavor,
-                                               backward=self.backward_mode, loss_scale=self.loss_scale)
+                                               backward=self.backward_mode, loss_scale=self.loss_scale,
+                                               running_cost=self.running_cost)
             self.last_stats.append(stats)
             total = cost if total is None else total + cost
         assert total is not None

@@ -36,6 +36,21 @@ class TestAutogradContract:
         assert torch.equal(head.grad, -run.delta)
         assert loss.item() == run.stats.cost.item()
 
+    @pytest.mark.parametrize("seed", range(3))
+    def test_running_cost_changes_the_value_only(self, seed):
+        """running_cost=False: the float64 sum (close to darknet's), the same gradient."""
+        case = _case(seed)
+        grads, values = [], []
+        for running in (None, True, False):
+            head = torch.from_numpy(case.input).requires_grad_()
+            loss = DarknetYoloLoss(case.config, running_cost=running)(head, torch.from_numpy(case.truth))
+            loss.backward()
+            grads.append(head.grad)
+            values.append(loss.item())
+        assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0], grads[2])
+        assert values[0] == values[1]
+        assert values[2] == pytest.approx(values[0], rel=1e-3, abs=1e-6)
+
     def test_grad_matches_c_reference_delta(self):
         case = _case(8)
         head = torch.from_numpy(case.input).requires_grad_()
