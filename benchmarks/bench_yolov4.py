@@ -108,8 +108,9 @@ def this_tree() -> str:
     return commit + (" + uncommitted changes" if dirty else "")
 
 
-def measure(trees: dict[str, Path], repeats: int, tmp: Path) -> list[dict]:
-    """Interleaved timings and one peak-memory pass per (workload, implementation, tree)."""
+def measure(trees: dict[str, Path], repeats: int, tmp: Path) -> tuple[list[dict], dict[str, int | None]]:
+    """Interleaved timings and one peak-memory pass per (workload, implementation, tree); the
+    operations the port's device path dispatches on the first workload, per tree."""
     workers: dict[tuple[str, str], Worker] = {}
     rows = []
     try:
@@ -141,10 +142,12 @@ def measure(trees: dict[str, Path], repeats: int, tmp: Path) -> list[dict]:
                     if threads == 1:   # memory does not depend on the thread count worth a second pass
                         row[label]["peak_extra_mib"] = workers[label, name].ask(f"memory {impl} 1")["peak_extra_mib"]
                 rows.append(row)
+        # None where that checkout has no device path to count
+        ops = {label: workers[label, WORKLOADS[0][0]].ask("ops").get("ops") for label in trees}
     finally:
         for worker in workers.values():
             worker.close()
-    return rows
+    return rows, ops
 
 
 def scaling(rows: list[dict], label: str) -> dict[str, dict[str, float]]:
@@ -182,6 +185,11 @@ def report(result: dict) -> None:
     for title, s in result["scaling"].items():
         print(f"  {title[:28]:28s} time per image b32/b8 {s['per_image_b32_over_b8']:.2f}, "
               f"time per truth t200/t50 {s['per_truth_t200_over_t50']:.2f}")
+    ops = result["device_path_ops"]
+    print(f"port's device path (what a GPU runs), {WORKLOADS[0][0]}: {ops['this']} operations dispatched "
+          "per three-head call (about one kernel launch each)"
+          + (f"; against: {ops['against'] if ops.get('against') is not None else 'no device path'}"
+             if against else ""))
     cpu = [r for r in result["rows"] if r["workload"] == "b8 t50" and r["impl"] == "torch"]
     if len(cpu) > 1:
         best = min(cpu, key=lambda r: r["this"]["min_s"])
@@ -208,7 +216,7 @@ def main() -> None:
     try:
         trees = {"this": ROOT} | ({"against": checkout.path} if checkout else {})
         with tempfile.TemporaryDirectory() as tmp:
-            rows = measure(trees, args.repeats, Path(tmp))
+            rows, ops = measure(trees, args.repeats, Path(tmp))
     finally:
         if checkout:
             checkout.close()
@@ -223,6 +231,7 @@ def main() -> None:
         "against": against,
         "rows": rows,
         "scaling": scaling(rows, "this"),
+        "device_path_ops": ops,
     }
     report(result)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,10 @@ Commands, one per line on stdin, one JSON line back on stdout:
   ``cuda-running-cost`` (the port on CUDA with ``running_cost=True``); a checkout
   without an implementation answers ``{"missing": why}``;
 * ``memory IMPL THREADS`` -> ``{"peak_extra_mib": m}``: peak memory growth of one pass;
+* ``ops`` -> ``{"ops": k}``: operations the port's device path (the sync-free
+  path a GPU takes, forced on the CPU) dispatches in one pass, views and the
+  host-side planning left out:
+  about one kernel launch each on a GPU, so a launch-bound call's cost;
 * ``digest`` -> ``{"digests": [...]}``: sha256 of each case's port output,
   delta, roles, stats and decisions (bit-identity across checkouts);
 * ``quit``.
@@ -111,6 +115,45 @@ def digest(run) -> str:
     return h.hexdigest()
 
 
+def device_path_ops(cases) -> int:
+    """Non-view aten operations of one pass over ``cases`` on the port's device path, counted on the CPU."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import parity.torch_layer as port
+
+    if not hasattr(port, "_host_paths"):
+        raise Missing("this checkout's port has no device path to force")
+
+    class Count(TorchDispatchMode):
+        ops = 0
+        planning = False     # the truth-only plan runs on the host on every device: not counted
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if not func.is_view and not Count.planning:
+                Count.ops += 1
+            return out
+
+    def plan(*args, **kwargs):
+        Count.planning = True
+        try:
+            return saved[2](*args, **kwargs)
+        finally:
+            Count.planning = False
+
+    saved = port._host_paths, port._chunk_elements, port._plan
+    port._host_paths = lambda t: False
+    port._chunk_elements = lambda t: port.GPU_CHUNK_ELEMENTS
+    port._plan = plan
+    try:
+        with Count():
+            for c, x, t in cases:
+                yolo_forward(torch.from_numpy(x), torch.from_numpy(t), c)
+    finally:
+        port._host_paths, port._chunk_elements, port._plan = saved
+    return Count.ops
+
+
 def main() -> None:
     warnings.simplefilter("ignore")   # the refusal warnings are the same in both checkouts
     cases = load(sys.argv[1])
@@ -129,6 +172,12 @@ def main() -> None:
                 except Exception as exc:  # a refusal is a result too: compare its type
                     out.append(f"raised {type(exc).__name__}")
             print(json.dumps({"digests": out}), flush=True)
+            continue
+        if words[0] == "ops":
+            try:
+                print(json.dumps({"ops": device_path_ops(cases)}), flush=True)
+            except Missing as exc:
+                print(json.dumps({"missing": str(exc)}), flush=True)
             continue
         impl, threads = words[1], int(words[2])
         torch.set_num_threads(threads)
