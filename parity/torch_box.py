@@ -143,66 +143,79 @@ def _quotient_grad(num: Tensor, dnum: Tensor, den: Tensor, dden: Tensor) -> Tens
     return ((den * dnum) - (num * dden)) / (den * den)
 
 
+def _signs(like: Tensor) -> Tensor:
+    """[-1, 1] on ``like``'s device, made there (no host-to-device copy)."""
+    return torch.linspace(-1, 1, 2, dtype=like.dtype, device=like.device)
+
+
+def _sides(a: Boxes, signs: Tensor) -> Tensor:
+    """Edges as ``[..., 2, 2]``: (top, bottom) then (left, right), as ``edges_of`` computes them."""
+    centre = torch.stack([a.y, a.x], dim=-1)[..., None]
+    half = (torch.stack([a.h, a.w], dim=-1) / 2)[..., None]
+    return centre + signs * half      # c + (-1 * s/2) is exactly c - s/2
+
+
 def iou_loss_grad(pred: Boxes, truth: Boxes, kind: str) -> Boxes:
     """darknet's dx_box_iou mapped to (dx, dy, dw, dh); dw, dh are twice the exact derivative.
 
     GIoU adds the enclosing-area term, DIoU/CIoU the centre-distance term (and
     CIoU the aspect term); where the boxes do not overlap (Iw <= 0 or Ih <= 0)
-    only that extra term remains. See darknet_ref/ref_box.c.
+    only that extra term remains. See darknet_ref/ref_box.c. The four sides
+    are computed together as ``[..., 2, 2]`` tensors (vertical then
+    horizontal; low then high side): the same float operations per element as
+    darknet's side-by-side code, in a quarter of the tensor operations (each a
+    kernel launch on a GPU).
     """
-    pe, te = edges_of(pred), edges_of(truth)
-    pt, pb = torch.fmin(pe.t, pe.b), torch.fmax(pe.t, pe.b)
-    pl, pr = torch.fmin(pe.l, pe.r), torch.fmax(pe.l, pe.r)
-    zero = torch.zeros_like(pt)
+    fields = torch.broadcast_tensors(*pred, *truth)
+    pred, truth = Boxes(*fields[:4]), Boxes(*fields[4:])
+    signs = _signs(pred.x)
+    raw, te = _sides(pred, signs), _sides(truth, signs)
+    plo, phi = torch.fmin(raw[..., 0], raw[..., 1]), torch.fmax(raw[..., 0], raw[..., 1])   # (t, l), (b, r)
+    tlo, thi = te[..., 0], te[..., 1]
+    zero = torch.zeros_like(plo[..., 0])
 
-    area_p = (pb - pt) * (pr - pl)
-    area_t = (te.b - te.t) * (te.r - te.l)
-    ih = torch.fmin(pb, te.b) - torch.fmax(pt, te.t)
-    iw = torch.fmin(pr, te.r) - torch.fmax(pl, te.l)
+    size_p, size_t = phi - plo, thi - tlo                   # (h, w) of each, from the edges
+    area_p = size_p[..., 0] * size_p[..., 1]
+    area_t = size_t[..., 0] * size_t[..., 1]
+    overlap = torch.fmin(phi, thi) - torch.fmax(plo, tlo)   # (ih, iw)
+    ih, iw = overlap[..., 0], overlap[..., 1]
     inter = iw * ih
     uni = area_p + area_t - inter
     dist2 = (pred.x - truth.x) * (pred.x - truth.x) + (pred.y - truth.y) * (pred.y - truth.y)
-    enc_w = torch.fmax(pr, te.r) - torch.fmin(pl, te.l)
-    enc_h = torch.fmax(pb, te.b) - torch.fmin(pt, te.t)
+    enclosing = torch.fmax(phi, thi) - torch.fmin(plo, tlo)  # (enc_h, enc_w)
+    enc_w, enc_h = enclosing[..., 1], enclosing[..., 0]
     enc_area = enc_w * enc_h
 
-    dA = Edges(-1 * (pr - pl), pr - pl, -1 * (pb - pt), pb - pt)
-    dI = Edges(torch.where(pt > te.t, -1 * iw, zero), torch.where(pb < te.b, iw, zero),
-               torch.where(pl > te.l, -1 * ih, zero), torch.where(pr < te.r, ih, zero))
-    dU = Edges(*(da - di for da, di in zip(dA, dI)))
-    dC = Edges(torch.where(pt < te.t, -1 * enc_w, zero), torch.where(pb > te.b, enc_w, zero),
-               torch.where(pl < te.l, -1 * enc_h, zero), torch.where(pr > te.r, enc_h, zero))
+    # d/d(t, b) of the areas move with the width, d/d(l, r) with the height: flip(-1) pairs them so
+    dA = signs * size_p.flip(-1)[..., None]
+    inside = torch.stack([plo > tlo, phi < thi], dim=-1)    # t > tt, b < tb; l > tl, r < tr
+    dI = torch.where(inside, signs * overlap.flip(-1)[..., None], zero[..., None, None])
+    dU = dA - dI
+    beyond = torch.stack([plo < tlo, phi > thi], dim=-1)    # t < tt, b > tb; l < tl, r > tr
+    dC = torch.where(beyond, signs * enclosing.flip(-1)[..., None], zero[..., None, None])
 
-    positive_union = uni > 0
-    g = [torch.where(positive_union, _quotient_grad(inter, di, uni, du), zero) for di, du in zip(dI, dU)]
-    g_t, g_b, g_l, g_r = g
-    # Corner selection, sequential as in darknet (the second sees the first's update).
-    tb, lr = pe.t < pe.b, pe.l < pe.r
-    g_t = torch.where(tb, g_t, g_b)
-    g_b = torch.where(tb, g_b, g_t)
-    g_l = torch.where(lr, g_l, g_r)
-    g_r = torch.where(lr, g_r, g_l)
+    g = torch.where((uni > 0)[..., None, None], _quotient_grad(inter[..., None, None], dI, uni[..., None, None], dU),
+                    zero[..., None, None])
+    # Corner selection, sequential as in darknet (the second sees the first's update): where a
+    # pair of edges is out of order both take the high side's gradient.
+    g = torch.where((raw[..., 0] < raw[..., 1])[..., None], g, g[..., 1:])
 
     apart = (iw <= 0) | (ih <= 0)
     if kind == "giou":
-        e = [_quotient_grad(uni, du, enc_area, dc) for du, dc in zip(dU, dC)]
-        has_area = enc_area > 0
-        g_t, g_b, g_l, g_r = (torch.where(apart, ei, torch.where(has_area, gi + ei, gi))
-                              for gi, ei in zip((g_t, g_b, g_l, g_r), e))
+        e = _quotient_grad(uni[..., None, None], dU, enc_area[..., None, None], dC)
+        g = torch.where(apart[..., None, None], e, torch.where((enc_area > 0)[..., None, None], g + e, g))
 
-    dx, dy, dw, dh = g_l + g_r, g_t + g_b, g_r - g_l, g_b - g_t
+    both, span = g[..., 0] + g[..., 1], g[..., 1] - g[..., 0]     # (dy, dx), (dh, dw)
+    dx, dy, dw, dh = both[..., 1], both[..., 0], span[..., 1], span[..., 0]
 
     if kind in ("diou", "ciou"):
-        enc = _enclosing(pred, truth)
-        cw, ch = enc.r - enc.l, enc.b - enc.t
+        c_raw = torch.fmax(raw[..., 1], thi) - torch.fmin(raw[..., 0], tlo)   # (ch, cw) of _enclosing
+        cw, ch = c_raw[..., 1], c_raw[..., 0]
         diag2 = cw * cw + ch * ch
-        one = torch.ones_like(pt)
-        top_y, top_h = torch.where(pt < te.t, one, zero), torch.where(pt < te.t, -0.5 * one, zero)
-        bot_y, bot_h = torch.where(pb > te.b, one, zero), torch.where(pb > te.b, 0.5 * one, zero)
-        lef_x, lef_w = torch.where(pl < te.l, one, zero), torch.where(pl < te.l, -0.5 * one, zero)
-        rig_x, rig_w = torch.where(pr > te.r, one, zero), torch.where(pr > te.r, 0.5 * one, zero)
-        dcw_dx, dcw_dw = rig_x - lef_x, rig_w - lef_w
-        dch_dy, dch_dh = bot_y - top_y, bot_h - top_h
+        unit = torch.where(beyond, torch.ones_like(g), g.new_zeros(()))
+        halves = torch.where(beyond, signs * 0.5, g.new_zeros(()))
+        d_unit, d_half = unit[..., 1] - unit[..., 0], halves[..., 1] - halves[..., 0]   # (dch_dy, dcw_dx), (dch_dh, dcw_dw)
+        dch_dy, dcw_dx, dch_dh, dcw_dw = d_unit[..., 0], d_unit[..., 1], d_half[..., 0], d_half[..., 1]
         d2 = diag2 * diag2
         # The zero partials stay in the sums so NaN/Inf propagate as in C.
         c_dx = (2 * (truth.x - pred.x) * diag2 - (2 * cw * dcw_dx + 2 * ch * zero) * dist2) / d2
@@ -211,10 +224,10 @@ def iou_loss_grad(pred: Boxes, truth: Boxes, kind: str) -> Boxes:
         c_dh = (2 * cw * zero + 2 * ch * dch_dh) * dist2 / d2
         if kind == "ciou":
             diff = _atan_diff(pred, truth)
-            v = (4 / PI2 * diff * diff).to(pt.dtype)
+            v = (4 / PI2 * diff * diff).to(plo.dtype)
             alpha = _ciou_alpha(v, inter / uni)
-            ar_dw = (8 / PI2 * diff * pred.h.double()).to(pt.dtype)
-            ar_dh = (-8 / PI2 * diff * pred.w.double()).to(pt.dtype)
+            ar_dw = (8 / PI2 * diff * pred.h.double()).to(plo.dtype)
+            ar_dh = (-8 / PI2 * diff * pred.w.double()).to(plo.dtype)
             c_dw = c_dw + alpha * ar_dw
             c_dh = c_dh + alpha * ar_dh
         has_diag = diag2 > 0
