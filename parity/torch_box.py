@@ -59,7 +59,10 @@ def union_area(a: Boxes, b: Boxes, inter: Tensor) -> Tensor:
 def box_iou(a: Boxes, b: Boxes, pjreddie: bool = False) -> Tensor:
     """darknet's box_iou; pjreddie's divides unguarded (0/0 -> NaN)."""
     inter = intersection(a, b)
-    uni = union_area(a, b, inter)
+    return _iou_of(inter, union_area(a, b, inter), pjreddie)
+
+
+def _iou_of(inter: Tensor, uni: Tensor, pjreddie: bool = False) -> Tensor:
     iou = inter / uni
     if pjreddie:
         return iou
@@ -74,9 +77,9 @@ def _enclosing(a: Boxes, b: Boxes) -> Edges:
 def box_giou(a: Boxes, b: Boxes) -> Tensor:
     c = _enclosing(a, b)
     area = (c.r - c.l) * (c.b - c.t)
-    iou = box_iou(a, b)
     inter = intersection(a, b)
     uni = union_area(a, b, inter)
+    iou = _iou_of(inter, uni)
     return torch.where(area == 0, iou, iou - (area - uni) / area)
 
 
