@@ -323,14 +323,23 @@ def _ignore_search(L: _Layer, pred: Boxes, tr: _Truths) -> tuple[Tensor, Tensor]
     parea = (pred.w * pred.h).reshape(B, P, 1)
     tarea = torch.where(tr.valid, tr.box.w * tr.box.h, torch.zeros_like(tr.box.w)).view(B, 1, T)
     inf_f = float("inf")
-    step = max(1, _chunk_elements(best) // max(1, B * T))
+    prune = _host_paths(best)
+    step = max(1, _chunk_elements(best) // max(1, B * T)) if not prune else max(1, PRUNED_CHUNK_SLOTS // B)
     for start in range(0, P, step):
         sl = slice(start, start + step)
-        iw = torch.minimum(phx[:, sl], thx).sub_(torch.maximum(plx[:, sl], tlx))
-        ih = torch.minimum(phy[:, sl], thy).sub_(torch.maximum(ply[:, sl], tly))
+        edges = (tlx, thx, tly, thy, tarea)
+        order = None
+        if prune:
+            order = _overlapping_first(plx[:, sl], phx[:, sl], ply[:, sl], phy[:, sl], tlx, thx, tly, thy)
+            if order is None:       # no truth overlaps this chunk's predictions: IoU 0 everywhere
+                continue
+            edges = tuple(e.gather(2, order) for e in edges)
+        c_tlx, c_thx, c_tly, c_thy, c_tarea = edges
+        iw = torch.minimum(phx[:, sl], c_thx).sub_(torch.maximum(plx[:, sl], c_tlx))
+        ih = torch.minimum(phy[:, sl], c_thy).sub_(torch.maximum(ply[:, sl], c_tly))
         # darknet: 0 when iw < 0 or ih < 0; the clamps agree wherever the IoU can be > 0
         inter = iw.clamp_(min=0).mul_(ih.clamp_(min=0))
-        total = parea[:, sl] + tarea
+        total = parea[:, sl] + c_tarea
         if L.alexeyab:
             # AlexeyAB's box_iou returns 0 for a zero union (a NaN edge widens the overlap to the truth's
             # while a zero width empties the prediction's area: inter/0 would be inf). Without a mask:
@@ -342,9 +351,35 @@ def _ignore_search(L: _Layer, pred: Boxes, tr: _Truths) -> tuple[Tensor, Tensor]
             iou = torch.div(inter, total.sub_(inter))
         # NaN and values <= 0 never replace darknet's running best (which starts at 0); arithmetic
         # (not a comparison and a select) since boolean tensors are several times slower on the CPU
-        best_sl, best_t[:, sl] = iou.nan_to_num_(0.0, posinf=inf_f, neginf=0.0).clamp_(min=0).max(dim=-1)
+        best_sl, at = iou.nan_to_num_(0.0, posinf=inf_f, neginf=0.0).clamp_(min=0).max(dim=-1)
         best[:, sl] = best_sl.add_(0.0)      # a -0 (from -(0 / x)) is darknet's +0
+        if order is not None:   # back to the truth's own index; darknet's 0 where no IoU is > 0
+            at = torch.where(best_sl > 0, order[:, 0].gather(1, at), 0)
+        best_t[:, sl] = at
     return best.view(B, L.n, L.H, L.W), best_t.view(B, L.n, L.H, L.W)
+
+
+# Predictions per image in one pruned chunk of the ignore search (CPU): few enough that a chunk
+# covers a narrow band of the image, so that most truths can be left out of it.
+PRUNED_CHUNK_SLOTS = 1 << 11
+
+
+def _overlapping_first(plx: Tensor, phx: Tensor, ply: Tensor, phy: Tensor,
+                       tlx: Tensor, thx: Tensor, tly: Tensor, thy: Tensor) -> Tensor | None:
+    """Truth indices [B, 1, T'] for a chunk of predictions: every truth that may overlap one first
+    (in their order), then others to fill; None when no truth may overlap any.
+
+    A truth whose right edge is at or left of every prediction's left edge (or likewise on
+    another side) has iw <= 0 or NaN with each, so an intersection of 0 or NaN and an IoU that
+    never beats darknet's 0: leaving it out changes no best IoU, and the first maximum stays
+    the first among the truths kept in order. A NaN edge is never left out.
+    """
+    apart = ((thx <= plx.amin(dim=1, keepdim=True)) | (tlx >= phx.amax(dim=1, keepdim=True))
+             | (thy <= ply.amin(dim=1, keepdim=True)) | (tly >= phy.amax(dim=1, keepdim=True)))
+    kept = int((~apart).sum(dim=2).max())
+    if kept == 0:
+        return None
+    return torch.argsort(apart.to(torch.uint8), dim=2, stable=True)[:, :, :kept]
 
 
 def _class_target(L: _Layer, onehot: Tensor) -> Tensor:
