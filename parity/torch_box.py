@@ -33,10 +33,6 @@ class Edges(NamedTuple):
     r: Tensor
 
 
-def edges_of(a: Boxes) -> Edges:
-    return Edges(a.y - a.h / 2, a.y + a.h / 2, a.x - a.w / 2, a.x + a.w / 2)
-
-
 def _overlap_1d(c1: Tensor, s1: Tensor, c2: Tensor, s2: Tensor) -> Tensor:
     lo1, lo2 = c1 - s1 / 2, c2 - s2 / 2
     lo = torch.where(lo1 > lo2, lo1, lo2)
@@ -152,7 +148,7 @@ def _signs(like: Tensor) -> Tensor:
 
 
 def _sides(a: Boxes, signs: Tensor) -> Tensor:
-    """Edges as ``[..., 2, 2]``: (top, bottom) then (left, right), as ``edges_of`` computes them."""
+    """Edges as ``[..., 2, 2]``: (y - h/2, y + h/2) then (x - w/2, x + w/2), as darknet computes them."""
     centre = torch.stack([a.y, a.x], dim=-1)[..., None]
     half = (torch.stack([a.h, a.w], dim=-1) / 2)[..., None]
     return centre + signs * half      # c + (-1 * s/2) is exactly c - s/2
