@@ -130,6 +130,22 @@ def test_device_path_on_the_cpu_equals_the_host_path_and_never_syncs(k, monkeypa
     assert np.isclose(float(dev.stats.cost), float(host.stats.cost), rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.parametrize("k", range(0, 24, 2))
+def test_truths_left_out_of_small_ignore_chunks_change_nothing(k, monkeypatch):
+    """The host path's ignore search leaves out truths that cannot overlap a chunk; with chunks of
+    two predictions (most truths left out, NaN edges included) it must equal the device path's,
+    which searches every truth."""
+    case = _cases()[k]
+    x, t = torch.from_numpy(case.input), torch.from_numpy(case.truth)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        monkeypatch.setattr(port, "PRUNED_CHUNK_SLOTS", 2 * case.input.shape[0])
+        pruned = yolo_forward(x, t, case.config, case.flavor)
+        monkeypatch.setattr(port, "_host_paths", lambda tensor: False)
+        full = yolo_forward(x, t, case.config, case.flavor)
+    assert _compare(pruned, full) == []
+
+
 def _loss_figures(run) -> list[str]:
     s = run.stats.host()
     return [repr(getattr(s, k)) for k in ("cost", "total_loss", "class_loss", "iou_loss")]
