@@ -204,8 +204,7 @@ def iou_loss_grad(pred: Boxes, truth: Boxes, kind: str) -> Boxes:
         e = _quotient_grad(uni[..., None, None], dU, enc_area[..., None, None], dC)
         g = torch.where(apart[..., None, None], e, torch.where((enc_area > 0)[..., None, None], g + e, g))
 
-    both, span = g[..., 0] + g[..., 1], g[..., 1] - g[..., 0]     # (dy, dx), (dh, dw)
-    dx, dy, dw, dh = both[..., 1], both[..., 0], span[..., 1], span[..., 0]
+    move, size = g[..., 0] + g[..., 1], g[..., 1] - g[..., 0]     # (dy, dx), (dh, dw)
 
     if kind in ("diou", "ciou"):
         c_raw = torch.fmax(raw[..., 1], thi) - torch.fmin(raw[..., 0], tlo)   # (ch, cw) of _enclosing
@@ -214,22 +213,26 @@ def iou_loss_grad(pred: Boxes, truth: Boxes, kind: str) -> Boxes:
         unit = torch.where(beyond, torch.ones_like(g), g.new_zeros(()))
         halves = torch.where(beyond, signs * 0.5, g.new_zeros(()))
         d_unit, d_half = unit[..., 1] - unit[..., 0], halves[..., 1] - halves[..., 0]   # (dch_dy, dcw_dx), (dch_dh, dcw_dw)
-        dch_dy, dcw_dx, dch_dh, dcw_dw = d_unit[..., 0], d_unit[..., 1], d_half[..., 0], d_half[..., 1]
-        d2 = diag2 * diag2
-        # The zero partials stay in the sums so NaN/Inf propagate as in C.
-        c_dx = (2 * (truth.x - pred.x) * diag2 - (2 * cw * dcw_dx + 2 * ch * zero) * dist2) / d2
-        c_dy = (2 * (truth.y - pred.y) * diag2 - (2 * cw * zero + 2 * ch * dch_dy) * dist2) / d2
-        c_dw = (2 * cw * dcw_dw + 2 * ch * zero) * dist2 / d2
-        c_dh = (2 * cw * zero + 2 * ch * dch_dh) * dist2 / d2
+        d2, diag2_, dist2_ = (diag2 * diag2)[..., None], diag2[..., None], dist2[..., None]
+        two_cw, two_ch, zero_ = (2 * cw)[..., None], (2 * ch)[..., None], zero[..., None]
+
+        def spread(d: Tensor) -> Tensor:
+            """2*cw*(0, d_x) + 2*ch*(d_y, 0): darknet's sums keep their zero partials, so NaN/Inf
+            propagate as in C."""
+            return two_cw * torch.cat([zero_, d[..., 1:]], dim=-1) + two_ch * torch.cat([d[..., :1], zero_], dim=-1)
+
+        centre = 2 * (torch.stack([truth.y, truth.x], dim=-1) - torch.stack([pred.y, pred.x], dim=-1))
+        c_move = (centre * diag2_ - spread(d_unit) * dist2_) / d2      # (c_dy, c_dx)
+        c_size = spread(d_half) * dist2_ / d2                          # (c_dh, c_dw)
         if kind == "ciou":
             diff = _atan_diff(pred, truth)
             v = (4 / PI2 * diff * diff).to(plo.dtype)
             alpha = _ciou_alpha(v, inter / uni)
             ar_dw = (8 / PI2 * diff * pred.h.double()).to(plo.dtype)
             ar_dh = (-8 / PI2 * diff * pred.w.double()).to(plo.dtype)
-            c_dw = c_dw + alpha * ar_dw
-            c_dh = c_dh + alpha * ar_dh
-        has_diag = diag2 > 0
-        dx, dy, dw, dh = (torch.where(apart, ci, torch.where(has_diag, gi + ci, gi))
-                          for gi, ci in zip((dx, dy, dw, dh), (c_dx, c_dy, c_dw, c_dh)))
+            c_size = c_size + alpha[..., None] * torch.stack([ar_dh, ar_dw], dim=-1)
+        apart_, has_diag = apart[..., None], (diag2 > 0)[..., None]
+        move = torch.where(apart_, c_move, torch.where(has_diag, move + c_move, move))
+        size = torch.where(apart_, c_size, torch.where(has_diag, size + c_size, size))
+    dx, dy, dw, dh = move[..., 1], move[..., 0], size[..., 1], size[..., 0]
     return Boxes(dx, dy, dw, dh)
