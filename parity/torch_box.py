@@ -161,9 +161,10 @@ def iou_loss_grad(pred: Boxes, truth: Boxes, kind: str) -> Boxes:
     CIoU the aspect term); where the boxes do not overlap (Iw <= 0 or Ih <= 0)
     only that extra term remains. See darknet_ref/ref_box.c. The four sides
     are computed together as ``[..., 2, 2]`` tensors (vertical then
-    horizontal; low then high side): the same float operations per element as
-    darknet's side-by-side code, in a quarter of the tensor operations (each a
-    kernel launch on a GPU).
+    horizontal; low then high side), and the DIoU/CIoU term's on (y, x) and
+    (h, w) pairs: the same float operations per element as darknet's
+    side-by-side code, in far fewer tensor operations (each a kernel launch
+    on a GPU).
     """
     fields = torch.broadcast_tensors(*pred, *truth)
     pred, truth = Boxes(*fields[:4]), Boxes(*fields[4:])
