@@ -768,7 +768,8 @@ def _cell_pass(L: _Layer, tr: _Truths, stats: dict[str, Tensor]) -> None:
         new = new.scatter(1, cls[:, None], (cm * (iou * iou - p_c))[:, None])
     put(slice(5, None), new)
     anchor = L.mask[a]
-    pred_s = _pred_boxes(L, a, anchor, j, i, b)
+    # every slot (the device path): the grid's boxes, which are get_yolo_box's at each slot
+    pred_s = _pred_boxes(L, a, anchor, j, i, b) if keep is None else Boxes(*(c.reshape(-1) for c in pred))
     xbox = o[b, a, 0:4, j, i]                               # [N, 4]
     d_box = _box_increment(L, pred_s, truth, xbox, anchor, j, i, cm)
     put(slice(0, 4), d[b, a, 0:4, j, i] + d_box if L.alexeyab else d_box)
