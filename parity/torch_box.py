@@ -71,12 +71,17 @@ def _enclosing(a: Boxes, b: Boxes) -> Edges:
 
 
 def box_giou(a: Boxes, b: Boxes) -> Tensor:
+    return box_iou_and_giou(a, b)[1]
+
+
+def box_iou_and_giou(a: Boxes, b: Boxes) -> tuple[Tensor, Tensor]:
+    """AlexeyAB's box_iou and box_giou from one intersection (darknet computes it in each)."""
     c = _enclosing(a, b)
     area = (c.r - c.l) * (c.b - c.t)
     inter = intersection(a, b)
     uni = union_area(a, b, inter)
     iou = _iou_of(inter, uni)
-    return torch.where(area == 0, iou, iou - (area - uni) / area)
+    return iou, torch.where(area == 0, iou, iou - (area - uni) / area)
 
 
 def _diag_and_dist(a: Boxes, b: Boxes) -> tuple[Tensor, Tensor]:

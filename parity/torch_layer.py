@@ -40,7 +40,7 @@ from .deviations.variant import Variant
 from .errors import InputError
 from .layer_input import check_flavor, check_layer_shapes, truth_notes, warn_darknet_input
 from .result import Assignments, Decisions, LayerRun, LayerStats
-from .torch_box import Boxes, box_giou, box_iou, box_iou_kind, iou_kind_partials, iou_loss_grad
+from .torch_box import Boxes, box_iou, box_iou_and_giou, box_iou_kind, iou_kind_partials, iou_loss_grad
 from .torch_variant import capped, focal_objectness, own_class_match, softmax_probs, with_neighbour_cells
 
 # Elements processed per step by the chunked passes (activation, ignore
@@ -795,13 +795,12 @@ def _truth_pass(L: _Layer, plan: _Plan, stats: dict[str, Tensor]) -> None:
     cls = _written_class(L, tr.cls[b, asg.t])
     cm = L.mult[cls] if (L.alexeyab and L.mult is not None) else torch.ones_like(truth.x)
     pred = _pred_boxes(L, a, asg.anchor, j, i, b)
-    iou = box_iou(pred, truth, pjreddie=not L.alexeyab)
+    iou, giou = box_iou_and_giou(pred, truth) if L.alexeyab else (box_iou(pred, truth, pjreddie=True), None)
     asg.iou = iou
     xbox = o[b, a, 0:4, j, i]                               # [N, 4]
     inc = _box_increment(L, pred, truth, xbox, asg.anchor, j, i, cm)
     stats["tot_iou"] = stats["tot_iou"] + iou.sum()
-    if L.alexeyab:
-        giou = box_giou(pred, truth)
+    if giou is not None:
         stats["tot_iou_loss"] = stats["tot_iou_loss"] + (1 - iou).sum()
         stats["tot_giou_loss"] = stats["tot_giou_loss"] + (1 - giou).sum()
         stats["total_bbox"] = stats["total_bbox"] + N
